@@ -1,0 +1,45 @@
+r"""MLP on MNIST: the foundation experiment.
+
+  python launch.py --config=experiments/mnist_mlp.py --workdir=/tmp/mnist_mlp
+
+Expected (2-core CPU, measured; see README): test accuracy ~98.4% in ~2 minutes.
+Presets: `:smoke` is a few hundred steps for tests and a quick look (~96%).
+"""
+
+from research.configs import base_config
+from research.data.tfds_build import default_manual_dir
+
+
+def get_config(preset: str = 'default'):
+  c = base_config()
+  c.num_train_steps = 6000  # ~12.8 epochs at batch 128.
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.log_every_steps = 200
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+
+  c.model.name = 'mlp'
+  c.model.widths = (1024, 1024)
+  c.model.activation = 'relu'
+  c.model.dropout_rate = 0.2
+
+  c.data.name = 'mnist'
+  c.data.manual_dir = default_manual_dir('mnist') or ''
+
+  c.optimizer.name = 'adamw'
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = 'warmup_cosine'
+  c.optimizer.warmup_steps = 200
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.grad_clip_norm = 1.0
+
+  if preset == 'smoke':
+    c.num_train_steps = 300
+    c.log_every_steps = 50
+    c.eval_every_steps = 150
+    c.checkpoint_every_steps = 150
+    c.model.widths = (256,)
+  elif preset != 'default':
+    raise ValueError(f'Unknown preset {preset!r}; use :default or :smoke.')
+  return c

@@ -1,0 +1,1 @@
+"""research: one trainer for MLPs, decoder LMs and encoder classifiers in JAX/Flax."""

@@ -1,0 +1,82 @@
+"""Where logged scalars go: WORKDIR/metrics.jsonl, TensorBoard events, and the console.
+
+metrics.jsonl holds only values that are a function of config and seed (losses, accuracies,
+norms, learning rate), so two runs of the same config compare line for line; timings go to
+perf.jsonl and TensorBoard. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.workdir = workdir
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # Events readable by TensorBoard, no TF import.
+
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=10)
+
+  def write(self, step: int, split: str, scalars: dict[str, float], file: str = 'metrics.jsonl'):
+    if not self.enabled:
+      return
+    scalars = {k: _jsonable(v) for k, v in scalars.items()}
+    with open(os.path.join(self.workdir, file), 'a') as f:
+      f.write(json.dumps({'step': int(step), 'split': split, **scalars}) + '\n')
+    for name, value in scalars.items():
+      if isinstance(value, (int, float)):
+        self._tb.add_scalar(f'{split}/{name}', value, step)
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    if self.enabled:
+      self._tb.add_text(tag, text, step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _jsonable(v):
+  v = float(np.asarray(v)) if np.ndim(v) == 0 else v
+  return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def classification_report(confusion_CxC: np.ndarray) -> dict[str, float]:
+  """Macro precision, recall and F1 from a confusion matrix (rows = true, cols = predicted)."""
+  tp = np.diag(confusion_CxC)
+  predicted, actual = confusion_CxC.sum(0), confusion_CxC.sum(1)
+  precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+  recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+  denom = precision + recall
+  f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+  return {'macro_precision': float(precision.mean()), 'macro_recall': float(recall.mean()),
+          'macro_f1': float(f1.mean())}
+
+
+def save_confusion_png(confusion_CxC: np.ndarray, path: str, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  n = confusion_CxC.shape[0]
+  fig, ax = plt.subplots(figsize=(1 + 0.5 * n, 1 + 0.5 * n), dpi=100)
+  ax.imshow(confusion_CxC, cmap='Blues')
+  if n <= 20:
+    for i in range(n):
+      for j in range(n):
+        ax.text(j, i, int(confusion_CxC[i, j]), ha='center', va='center', fontsize=7)
+  ax.set(xlabel='predicted', ylabel='true', title=title, xticks=range(n), yticks=range(n))
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  logging.info('Wrote %s', path)

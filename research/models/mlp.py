@@ -1,0 +1,45 @@
+"""A multi-layer perceptron classifier: flatten, [Dense -> activation -> dropout] x N, Dense."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu, 'silu': nn.silu, 'tanh': jnp.tanh}
+
+
+class MLP(nn.Module):
+  """Hidden layers alternate ('embed', 'mlp') and ('mlp', 'embed') kernels, Megatron style,
+
+  so under tensor parallelism each pair needs one all-reduce and `fsdp` shards the other dim.
+  """
+
+  widths: Sequence[int]
+  num_classes: int
+  activation: str = 'relu'
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    x = inputs.reshape((inputs.shape[0], -1)).astype(self.dtype)
+    in_axis = 'embed'
+    for i, width in enumerate(self.widths):
+      out_axis = 'mlp' if in_axis == 'embed' else 'embed'
+      x = nn.Dense(
+          width, dtype=self.dtype, param_dtype=self.param_dtype, name=f'dense_{i}',
+          kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                   (in_axis, out_axis)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (out_axis,)))(x)
+      x = ACTIVATIONS[self.activation](x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      in_axis = out_axis
+    logits_BxC = nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head',
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 (in_axis, 'classes')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('classes',)))(x)
+    return logits_BxC.astype(jnp.float32)  # Loss and softmax in f32 whatever the compute dtype.

@@ -1,0 +1,177 @@
+"""How the state and batches are laid out on devices: the jit + Mesh path and the pmap path.
+
+jit (default): one mesh over every device of every process with axes (data, fsdp, tensor).
+Parameters carry logical axis names (`nn.with_logical_partitioning` in the models); `RULES` maps
+them to mesh axes, so `fsdp` shards parameters and optimizer state (ZeRO-3) and `tensor` shards
+heads and MLP hidden units (Megatron). The batch is split over (data, fsdp).
+
+pmap: the state is replicated with a leading local-device axis and the batch split over it.
+
+Checkpoints always hold the plain (global) state, so either path restores the other's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research.config_checks import ConfigError
+
+PyTree = Any
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+PMAP_AXIS = 'batch'
+RULES = (
+    ('batch', BATCH_AXES),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('vocab', None),
+    ('classes', None),
+    ('head_dim', None),
+    ('length', None),
+    ('norm', None),
+    ('layers', None),
+)
+
+
+def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+  """Resolves `config.parallel.{data,fsdp,tensor}`; one of them may be -1 (the rest)."""
+  sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ConfigError(f'config.parallel data/fsdp/tensor = {sizes}: each must be a positive size, '
+                      'and at most one may be -1 (all remaining devices).')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ConfigError(f'config.parallel sizes {sizes} do not divide the {num_devices} devices.')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f'config.parallel data*fsdp*tensor = {"*".join(map(str, sizes))} = '
+                      f'{math.prod(sizes)}, but there are {num_devices} devices. Make the product '
+                      'equal the device count, or set one size to -1.')
+  return tuple(sizes)
+
+
+def make_mesh(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+  devices = devices if devices is not None else jax.devices()
+  shape = mesh_shape(cfg, len(devices))
+  # Auto axes: sharding propagates through the model as in pre-0.7 JAX (make_mesh defaults to
+  # Explicit axes now, which would require explicit shardings on every intermediate).
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def logical_state_shardings(boxed_abstract_state: PyTree, mesh: Mesh) -> PyTree:
+  """NamedShardings for the (unboxed) state, from the logical names on its parameters."""
+  specs = nn.get_partition_spec(boxed_abstract_state)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, RULES)
+  check_divisible(nn.unbox(boxed_abstract_state), shardings)
+  return shardings
+
+
+def check_divisible(abstract: PyTree, shardings: PyTree) -> None:
+  """Every sharded dimension must divide by its mesh axes: name the parameter if not."""
+  for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract),
+                                    jax.tree.leaves(shardings)):
+    for dim, axes in zip(leaf.shape, sharding.spec):
+      axes = (axes,) if isinstance(axes, str) else (axes or ())
+      size = math.prod(sharding.mesh.shape[a] for a in axes)
+      if dim % size:
+        raise ConfigError(
+            f'{jax.tree_util.keystr(path)} has shape {leaf.shape}: its dimension {dim} is sharded '
+            f'over mesh axes {axes} of total size {size} and does not divide. Change the model '
+            'size (heads, kv-heads, d_ff, widths) or config.parallel.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """The chosen strategy's placement functions; the train loop calls only these."""
+
+  strategy: str
+  mesh: Mesh  # jit: (data, fsdp, tensor); pmap: the local devices on one axis.
+  state_sharding: PyTree  # Shardings of the global (checkpointed) state.
+  batch_sharding: NamedSharding
+  data_parallel: int  # How many ways the global batch is split.
+
+  def put_batch(self, local_batch: dict) -> dict:
+    """This process's rows of the global batch -> device arrays in the strategy's layout."""
+    if self.strategy == 'pmap':
+      n = self.mesh.size
+      return jax.device_put({k: v.reshape((n, -1) + v.shape[1:]) for k, v in local_batch.items()},
+                            self.batch_sharding)
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in local_batch.items()}
+
+  def to_strategy(self, state: PyTree) -> PyTree:
+    """Global state (as checkpointed) -> the layout the compiled step takes."""
+    if self.strategy != 'pmap':
+      return state
+    return jax.tree.map(lambda x: _stack_local_copies(x, self.batch_sharding), state)
+
+  def to_global(self, state: PyTree) -> PyTree:
+    """The compiled step's layout -> global state (for checkpoints and export)."""
+    if self.strategy != 'pmap':
+      return state
+    return jax.tree.map(_first_local_copy, state, self.state_sharding)
+
+
+def _stack_local_copies(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+  shards = {s.device: s.data for s in x.addressable_shards}
+  devices = sharding.mesh.devices.reshape(-1)
+  arrays = [jax.device_put(shards.get(d, x.addressable_data(0)), d)[None] for d in devices]
+  return jax.make_array_from_single_device_arrays((len(devices),) + x.shape, sharding, arrays)
+
+
+def _first_local_copy(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+  copies = {s.device: s.data[0] for s in x.addressable_shards}
+  devices = [d for d in sharding.mesh.devices.reshape(-1) if d.process_index == jax.process_index()]
+  return jax.make_array_from_single_device_arrays(x.shape[1:], sharding,
+                                                  [copies[d] for d in devices])
+
+
+def make_layout(cfg: ml_collections.ConfigDict, boxed_abstract_state: PyTree,
+                global_batch: int) -> Layout:
+  if cfg.strategy not in ('jit', 'pmap'):
+    raise ConfigError(f'config.parallel.strategy={cfg.strategy!r} is not one of jit, pmap.')
+  if cfg.strategy == 'pmap':
+    if global_batch % jax.device_count():
+      raise ConfigError(f'batch size {global_batch} does not divide over {jax.device_count()} '
+                        'devices (pmap splits the batch over every device).')
+    local = Mesh(np.array(jax.local_devices()), (PMAP_AXIS,))
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ('replica',)), P())
+    abstract = nn.unbox(boxed_abstract_state)
+    return Layout('pmap', local, jax.tree.map(lambda _: replicated, abstract),
+                  NamedSharding(local, P(PMAP_AXIS)), jax.device_count())
+  mesh = make_mesh(cfg)
+  data_parallel = mesh.shape['data'] * mesh.shape['fsdp']
+  if global_batch % data_parallel:
+    raise ConfigError(f'batch size {global_batch} does not divide over the data-parallel size '
+                      f'{data_parallel} (mesh data={mesh.shape["data"]} x fsdp={mesh.shape["fsdp"]}).')
+  return Layout('jit', mesh, logical_state_shardings(boxed_abstract_state, mesh),
+                NamedSharding(mesh, P(BATCH_AXES)), data_parallel)
+
+
+def compile_steps(layout: Layout, train_step, eval_step):
+  """Wraps the shared step bodies for the strategy: (train_step(state, batch), eval_step(p, b))."""
+  if layout.strategy == 'pmap':
+    p_train = jax.pmap(functools.partial(train_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS,
+                       donate_argnums=0)
+    p_eval = jax.pmap(functools.partial(eval_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS)
+    return p_train, lambda params, batch: jax.tree.map(lambda x: x[0], p_eval(params, batch))
+  replicated = NamedSharding(layout.mesh, P())
+  j_train = jax.jit(train_step, in_shardings=(layout.state_sharding, layout.batch_sharding),
+                    out_shardings=(layout.state_sharding, replicated), donate_argnums=0)
+  j_eval = jax.jit(eval_step, in_shardings=(layout.state_sharding.params, layout.batch_sharding),
+                   out_shardings=replicated)
+  return j_train, j_eval

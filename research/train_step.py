@@ -1,0 +1,107 @@
+"""The train state and the one train step body shared by the jit/Mesh and pmap paths.
+
+Under `jax.jit` the step sees the global batch and `axis_name` is None: XLA's SPMD partitioner
+inserts the collectives. Under `jax.pmap` it sees one device's share and averages gradients and
+metrics with `lax.pmean` over `axis_name`. Everything else is the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+MODEL_INPUTS = ('inputs', 'input_mask')  # Batch keys passed to the model; the rest feed the loss.
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, example_batch: dict,
+               seed: int) -> TrainState:
+  """Fresh state; params keep their logical-axis boxes (used for shardings, then unboxed)."""
+  params_rng, dropout_rng, state_rng = jax.random.split(jax.random.key(seed), 3)
+  variables = model.init({'params': params_rng, 'dropout': dropout_rng},
+                         **model_inputs(example_batch), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), rng=jax.random.key_data(state_rng))
+
+
+def model_inputs(batch: dict) -> dict:
+  return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def target_weights(batch: dict) -> jax.Array:
+  """Per-target 0/1 weights: the example mask (padded eval) times any per-token target mask."""
+  targets = batch['targets']
+  weights = batch.get('target_mask', jnp.ones(targets.shape, jnp.float32))
+  if 'mask' in batch:
+    weights = weights * batch['mask'].reshape(batch['mask'].shape + (1,) * (targets.ndim - 1))
+  return weights.astype(jnp.float32)
+
+
+def loss_sums(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
+  """Summed cross-entropy and correct predictions, and their weight, for exact averages."""
+  weights = target_weights(batch)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]
+  correct = (jnp.argmax(logits, -1) == batch['targets']).astype(jnp.float32)
+  return {'loss_sum': jnp.sum(nll * weights), 'correct_sum': jnp.sum(correct * weights),
+          'weight_sum': jnp.sum(weights)}
+
+
+def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, nan_policy: str = 'stop',
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update. Returns the new state and this step's scalar metrics (on device)."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  if axis_name is not None:  # pmap: each device draws its own dropout masks.
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    logits = apply_fn({'params': params}, **model_inputs(batch), train=True,
+                      rngs={'dropout': rng})
+    sums = loss_sums(logits, batch)
+    return sums['loss_sum'] / sums['weight_sum'], sums
+
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = {'loss': loss, 'accuracy': sums['correct_sum'] / sums['weight_sum']}
+  if axis_name is not None:
+    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+  if nan_policy == 'skip':  # Keep the old params and optimizer state; count the skip.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  metrics.update(grad_norm=grad_norm, param_norm=optax.global_norm(params),
+                 learning_rate=schedule(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params: PyTree, batch: dict, *, apply_fn: Callable, num_classes: int | None = None,
+              axis_name: str | None = None) -> dict[str, jax.Array]:
+  """Sums over one padded eval batch (and a confusion matrix for classifiers)."""
+  logits = apply_fn({'params': params}, **model_inputs(batch), train=False)
+  sums = loss_sums(logits, batch)
+  if num_classes is not None:
+    preds = jnp.argmax(logits, -1).reshape(-1)
+    sums['confusion'] = jnp.zeros((num_classes, num_classes), jnp.float32).at[
+        batch['targets'].reshape(-1), preds].add(target_weights(batch).reshape(-1))
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
