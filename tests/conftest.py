@@ -1,0 +1,32 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and one TFDS data dir per session.
+
+Every in-process test runs on 8 devices, so the sharded paths are what the tests exercise. Tests
+that need another device count start a subprocess (see `run_launch`).
+"""
+
+import os
+import subprocess
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory) -> str:
+  """TFDS data dir shared by the session; RESEARCH_TEST_DATA_DIR reuses one across sessions."""
+  return os.environ.get('RESEARCH_TEST_DATA_DIR') or str(tmp_path_factory.mktemp('tfds'))
+
+
+def run_launch(args: list[str], devices: int = 1, timeout: int = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+  """Runs `python launch.py ARGS` in a fresh process with `devices` fake CPU devices."""
+  full_env = dict(os.environ, **(env or {}))
+  full_env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return subprocess.run([sys.executable, os.path.join(REPO, 'launch.py'), *args], cwd=REPO,
+                        env=full_env, capture_output=True, text=True, timeout=timeout)
