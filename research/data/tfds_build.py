@@ -80,7 +80,9 @@ def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | N
 
   builder = build(name, data_dir, manual_dir, required_files)
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  # Text features decode to object arrays of bytes; fixed-width bytes ('S') save without pickle.
+  arrays = {k: np.asarray(v).astype(np.bytes_) if np.asarray(v).dtype == object else np.asarray(v)
+            for k, v in arrays.items()}
   cache = _cache_path(name, split, data_dir, str(builder.data_path))
   tmp = cache + '.tmp.npz'
   np.savez(tmp, **arrays)
