@@ -12,6 +12,7 @@ Checkpoints always hold the plain (global) state, so either path restores the ot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -24,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research.config_checks import ConfigError
+from research.config_checks import ConfigError, suggest
 
 PyTree = Any
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -48,7 +49,8 @@ RULES = (
 def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
   """Resolves `config.parallel.{data,fsdp,tensor}`; one of them may be -1 (the rest)."""
   sizes = [cfg.data, cfg.fsdp, cfg.tensor]
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+  if (sizes.count(-1) > 1 or any(not isinstance(s, int) or isinstance(s, bool) for s in sizes)
+      or any(s == 0 or s < -1 for s in sizes)):
     raise ConfigError(f'config.parallel data/fsdp/tensor = {sizes}: each must be a positive size, '
                       'and at most one may be -1 (all remaining devices).')
   known = math.prod(s for s in sizes if s != -1)
@@ -64,6 +66,7 @@ def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, i
 
 
 def make_mesh(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: every device of every process)."""
   devices = devices if devices is not None else jax.devices()
   shape = mesh_shape(cfg, len(devices))
   # Auto axes: sharding propagates through the model as in pre-0.7 JAX (make_mesh defaults to
@@ -73,25 +76,47 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices: list | None = None) -> Me
 
 
 def logical_state_shardings(boxed_abstract_state: PyTree, mesh: Mesh) -> PyTree:
-  """NamedShardings for the (unboxed) state, from the logical names on its parameters."""
+  """NamedShardings for the (unboxed) TrainState, from the logical names on its parameters.
+
+  Optimizer moments are built by mapping over the boxed params, so they inherit the params' names
+  and get the same shardings (Adam's mu/nu are ZeRO-3 sharded like their params). Leaves that
+  inherited names but not the shape (Adafactor's factored rows/columns, shape-(1,) placeholders)
+  are small and replicated instead.
+  """
+  abstract = nn.unbox(boxed_abstract_state)
   specs = nn.get_partition_spec(boxed_abstract_state)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, RULES)
-  check_divisible(nn.unbox(boxed_abstract_state), shardings)
-  return shardings
+  check_divisible(abstract.params, shardings.params)
+  replicated = NamedSharding(mesh, P())
+  opt_shardings = jax.tree.map(lambda x, s: s if _fits(x.shape, s) else replicated,
+                               abstract.opt_state, shardings.opt_state)
+  return shardings.replace(opt_state=opt_shardings)
+
+
+def _sharded_sizes(shape: tuple[int, ...], sharding: NamedSharding) -> list[tuple[int, tuple, int]]:
+  """(dim, mesh axes, number of shards) for each dimension the spec names."""
+  out = []
+  for dim, axes in zip(shape, sharding.spec, strict=False):  # Unnamed trailing dims: whole.
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    out.append((dim, axes, math.prod(sharding.mesh.shape[a] for a in axes)))
+  return out
+
+
+def _fits(shape: tuple[int, ...], sharding: NamedSharding) -> bool:
+  return len(sharding.spec) <= len(shape) and all(
+      dim % n == 0 for dim, _, n in _sharded_sizes(shape, sharding))
 
 
 def check_divisible(abstract: PyTree, shardings: PyTree) -> None:
   """Every sharded dimension must divide by its mesh axes: name the parameter if not."""
   for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract),
-                                    jax.tree.leaves(shardings)):
-    for dim, axes in zip(leaf.shape, sharding.spec):
-      axes = (axes,) if isinstance(axes, str) else (axes or ())
-      size = math.prod(sharding.mesh.shape[a] for a in axes)
+                                    jax.tree.leaves(shardings), strict=True):
+    for dim, axes, size in _sharded_sizes(leaf.shape, sharding):
       if dim % size:
         raise ConfigError(
-            f'{jax.tree_util.keystr(path)} has shape {leaf.shape}: its dimension {dim} is sharded '
-            f'over mesh axes {axes} of total size {size} and does not divide. Change the model '
-            'size (heads, kv-heads, d_ff, widths) or config.parallel.')
+            f'params{jax.tree_util.keystr(path)} has shape {leaf.shape}: its dimension {dim} is '
+            f'sharded over mesh axes {axes} of total size {size} and does not divide. Change the '
+            'model size (heads, kv-heads, d_ff, widths) or config.parallel.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,23 +166,32 @@ def _first_local_copy(x: jax.Array, sharding: NamedSharding) -> jax.Array:
 
 
 def make_layout(cfg: ml_collections.ConfigDict, boxed_abstract_state: PyTree,
-                global_batch: int) -> Layout:
+                global_batch: int, devices: list | None = None) -> Layout:
+  """The layout for `config.parallel`; `devices` (jit only) picks a subset, e.g. in tests."""
   if cfg.strategy not in ('jit', 'pmap'):
-    raise ConfigError(f'config.parallel.strategy={cfg.strategy!r} is not one of jit, pmap.')
+    raise ConfigError(f'config.parallel.strategy={cfg.strategy!r} is not one of jit, pmap.'
+                      f'{suggest(str(cfg.strategy), ["jit", "pmap"])}')
   if cfg.strategy == 'pmap':
+    if devices is not None:
+      raise ValueError('pmap always runs on every local device of every process.')
     if global_batch % jax.device_count():
-      raise ConfigError(f'batch size {global_batch} does not divide over {jax.device_count()} '
-                        'devices (pmap splits the batch over every device).')
+      raise ConfigError(
+          f'batch size {global_batch} does not divide over {jax.device_count()} devices: pmap '
+          f'gives each of the {jax.process_count()} process(es) {global_batch} / '
+          f'{jax.process_count()} rows and splits them over its {jax.local_device_count()} local '
+          'devices. Use a multiple of the device count.')
     local = Mesh(np.array(jax.local_devices()), (PMAP_AXIS,))
     replicated = NamedSharding(Mesh(np.array(jax.devices()), ('replica',)), P())
     abstract = nn.unbox(boxed_abstract_state)
     return Layout('pmap', local, jax.tree.map(lambda _: replicated, abstract),
                   NamedSharding(local, P(PMAP_AXIS)), jax.device_count())
-  mesh = make_mesh(cfg)
+  mesh = make_mesh(cfg, devices)
   data_parallel = mesh.shape['data'] * mesh.shape['fsdp']
   if global_batch % data_parallel:
-    raise ConfigError(f'batch size {global_batch} does not divide over the data-parallel size '
-                      f'{data_parallel} (mesh data={mesh.shape["data"]} x fsdp={mesh.shape["fsdp"]}).')
+    raise ConfigError(
+        f'batch size {global_batch} does not divide over the data-parallel size {data_parallel} '
+        f'(mesh data={mesh.shape["data"]} x fsdp={mesh.shape["fsdp"]}); the batch is split over '
+        'both. Use a multiple of it, or change config.parallel.')
   return Layout('jit', mesh, logical_state_shardings(boxed_abstract_state, mesh),
                 NamedSharding(mesh, P(BATCH_AXES)), data_parallel)
 
@@ -169,9 +203,41 @@ def compile_steps(layout: Layout, train_step, eval_step):
                        donate_argnums=0)
     p_eval = jax.pmap(functools.partial(eval_step, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS)
     return p_train, lambda params, batch: jax.tree.map(lambda x: x[0], p_eval(params, batch))
+  j_train, j_eval = jit_steps(layout, train_step, eval_step)
+  return under_mesh(layout, j_train), under_mesh(layout, j_eval)
+
+
+def jit_steps(layout: Layout, train_step, eval_step):
+  """The jitted steps with explicit shardings; the state is donated (updated in place)."""
   replicated = NamedSharding(layout.mesh, P())
   j_train = jax.jit(train_step, in_shardings=(layout.state_sharding, layout.batch_sharding),
                     out_shardings=(layout.state_sharding, replicated), donate_argnums=0)
   j_eval = jax.jit(eval_step, in_shardings=(layout.state_sharding.params, layout.batch_sharding),
                    out_shardings=replicated)
   return j_train, j_eval
+
+
+def mesh_context(layout: Layout):
+  """The mesh and logical rules in context while tracing, so activation constraints in a model
+  (`nn.with_logical_constraint(x, ('batch', 'length', 'embed'))`) resolve to this mesh."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(layout.mesh))
+  stack.enter_context(nn.logical_axis_rules(RULES))
+  return stack
+
+
+def under_mesh(layout: Layout, fn):
+  @functools.wraps(fn)
+  def call(*args):
+    with mesh_context(layout):
+      return fn(*args)
+  return call
+
+
+def describe(layout: Layout) -> str:
+  """The preflight line: who this process is, what it sees, how the work is split."""
+  mesh = ' x '.join(f'{k}={v}' for k, v in layout.mesh.shape.items())
+  return (f'preflight: process {jax.process_index()}/{jax.process_count()}, '
+          f'{jax.local_device_count()} local / {jax.device_count()} global devices '
+          f'({jax.devices()[0].platform}), strategy {layout.strategy}, mesh {mesh} '
+          f'({layout.mesh.size} devices), batch split {layout.data_parallel} ways')

@@ -87,6 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   init = functools.partial(init_state, model, tx, example, config.seed)
   boxed = jax.eval_shape(init)
   layout = parallel.make_layout(config.parallel, boxed, config.batch_size)
+  print(parallel.describe(layout), flush=True)  # Every process, before any compute.
   if config.eval_batch_size % layout.data_parallel:
     raise config_checks.ConfigError(f'eval_batch_size {config.eval_batch_size} does not divide '
                                     f'over the data-parallel size {layout.data_parallel}.')
@@ -139,6 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   prefetch = None
   pending, eval_metrics, t_start, t_log, step = [], {}, time.time(), time.time(), start_step
   wait_at_log = 0.0
+  # Multi-process: gloo CPU collectives deadlock when ~50 steps are queued with no host sync, so
+  # block on the metrics at least every 10 steps (a no-op for speed on real accelerators).
+  sync_every = min(config.log_every_steps, 10) if jax.process_count() > 1 else 0
   try:
     prefetch = data.pipeline.Prefetcher(lambda s: layout.put_batch(dataset.train_batch(s)),
                                         start_step)
@@ -147,6 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = p_train(state, batch)  # Dispatched async; the loop runs ahead.
       pending.append(metrics)
       step += 1
+      if sync_every and step % sync_every == 0:
+        jax.block_until_ready(metrics)
       is_eval = step % config.eval_every_steps == 0 or step == total
       is_ckpt = step % config.checkpoint_every_steps == 0 or step == total
       if step % config.log_every_steps == 0 or is_eval or is_ckpt:

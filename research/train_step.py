@@ -1,8 +1,10 @@
 """The train state and the one train step body shared by the jit/Mesh and pmap paths.
 
 Under `jax.jit` the step sees the global batch and `axis_name` is None: XLA's SPMD partitioner
-inserts the collectives. Under `jax.pmap` it sees one device's share and averages gradients and
-metrics with `lax.pmean` over `axis_name`. Everything else is the same code.
+inserts the collectives. Under `jax.pmap` it sees one device's share and sums gradients and loss
+sums with `lax.psum` over `axis_name` (each device's loss is divided by the global target count,
+so this is the global mean, i.e. a pmean when every device holds equally many targets).
+Everything else is the same code.
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
     logits = apply_fn({'params': params}, **model_inputs(batch), train=True,
                       rngs={'dropout': rng})
     sums = loss_sums(logits, batch)
-    return sums['loss_sum'] / sums['weight_sum'], sums
+    weight = sums['weight_sum']
+    if axis_name is not None:  # pmap: divide by the global weight, so summed grads are exactly
+      weight = jax.lax.psum(weight, axis_name)  # the jit path's (devices may hold unequal masks).
+    return sums['loss_sum'] / weight, sums
 
-  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics = {'loss': loss, 'accuracy': sums['correct_sum'] / sums['weight_sum']}
+  (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    grads, sums = jax.lax.psum((grads, sums), axis_name)
+  metrics = {'loss': sums['loss_sum'] / sums['weight_sum'],
+             'accuracy': sums['correct_sum'] / sums['weight_sum']}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
