@@ -19,7 +19,11 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (FILE or FILE:PRESET).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and logs go.')
-flags.DEFINE_enum('mode', 'train', ['train'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report'],
+                  'What to do: train one run; sweep: run get_sweep() of the config file, one '
+                  'run per point under WORKDIR/<point>; report: summarize a sweep in WORKDIR.')
+flags.DEFINE_bool('sweep', False, 'Short for --mode=sweep.')
+flags.DEFINE_integer('parallel', 1, 'Sweep points run at once, as local processes.')
 FLAGS = flags.FLAGS
 QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
 
@@ -41,13 +45,26 @@ def main(argv: list[str]) -> None:
   from research.config_checks import ConfigError
 
   try:
-    if FLAGS.config is None or FLAGS.workdir is None:
+    if FLAGS.sweep:
+      if FLAGS.mode not in ('train', 'sweep'):
+        raise ConfigError(f'--sweep conflicts with --mode={FLAGS.mode}.')
+      FLAGS.mode = 'sweep'
+    if FLAGS.workdir is None or (FLAGS.config is None and FLAGS.mode != 'report'):
       raise ConfigError('--config and --workdir are required '
-                        '(e.g. --config=experiments/mnist_mlp.py --workdir=/tmp/run).')
+                        '(e.g. --config=experiments/mnist_mlp.py --workdir=/tmp/run); '
+                        '--mode=report needs only --workdir.')
     if FLAGS.mode == 'train':
       from research.train import train_and_evaluate
 
       train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'sweep':
+      from research.sweep_run import cli
+
+      sys.exit(cli(FLAGS['config'], FLAGS.workdir, FLAGS.parallel))
+    elif FLAGS.mode == 'report':
+      from research.report import write_report
+
+      write_report(FLAGS.workdir)
   except ConfigError as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -8,6 +8,7 @@ Presets: `:smoke` is a few hundred steps for tests and a quick look (~96%).
 
 from research.configs import base_config
 from research.data.tfds_build import default_manual_dir
+from research.sweep import Sweep, product, sweep
 
 
 def get_config(preset: str = 'default'):
@@ -43,3 +44,15 @@ def get_config(preset: str = 'default'):
   elif preset != 'default':
     raise ValueError(f'Unknown preset {preset!r}; use :default or :smoke.')
   return c
+
+
+def get_sweep():
+  """Width x dropout x 3 seeds; the baseline is the default model (README, "Ablations").
+
+  python launch.py --config=experiments/mnist_mlp.py --workdir=/tmp/abl_mnist --sweep \
+      --config.num_train_steps=1500 --config.eval_every_steps=250
+  """
+  return Sweep(product(sweep('model.widths', [(256,), (1024, 1024)]),
+                       sweep('model.dropout_rate', [0.0, 0.2]),
+                       sweep('seed', [0, 1, 2])),
+               baseline={'model.widths': (1024, 1024), 'model.dropout_rate': 0.2})

@@ -1,0 +1,231 @@
+"""Runs a sweep: one `launch.py` subprocess per point, each in DIR/<point name>.
+
+A subprocess per point isolates failures (a crash or NaN in one point leaves the others running)
+and reuses the trainer's resume: a finished point (summary.json at num_train_steps) is skipped, an
+interrupted one is started again and resumes from its checkpoints. Nothing is ever deleted.
+DIR/sweep.json records every point's status, so the report can list failures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from research import sweep as sweep_lib
+from research.config_checks import ConfigError, check_workdir
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANIFEST = 'sweep.json'
+LOG_FILE = 'launch.log'
+_ERROR_LINE = re.compile(r'^(error: |[\w.]*(Error|Exception)\b)')
+
+
+# --- The state of one point's directory --------------------------------------------------------
+
+
+def read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def nonfinite_metrics(summary: dict) -> list[str]:
+  return [k for k, v in summary.items()
+          if k not in ('step', 'wall_seconds') and isinstance(v, float) and not math.isfinite(v)]
+
+
+def point_state(point_dir: str, num_train_steps: int) -> str:
+  """'done', 'nonfinite' (finished, NaN metrics), 'resume' (has progress) or 'new'."""
+  summary = read_json(os.path.join(point_dir, 'summary.json'))
+  if summary is not None and summary.get('step') == num_train_steps:
+    return 'nonfinite' if nonfinite_metrics(summary) else 'done'
+  ckpt = os.path.join(point_dir, 'checkpoints')
+  if os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt)):
+    return 'resume'
+  return 'new'
+
+
+def error_from_log(log_path: str, returncode: int) -> str:
+  """The last error line of a failed point's log (the exception message), else its exit code."""
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = f.read()[-20000:].splitlines()
+  except OSError:
+    lines = []
+  for line in reversed(lines):
+    if _ERROR_LINE.match(line.strip()):
+      return line.strip()[:500]
+  return f'exit code {returncode}'
+
+
+# --- Commands and the manifest -----------------------------------------------------------------
+
+
+def launch_command(config_arg: str, point_dir: str, overrides: dict[str, Any]) -> list[str]:
+  """`python launch.py --config=... --workdir=DIR/<name> --config.k=v ...` for one point."""
+  flags = [f'--config.{k}={sweep_lib.flag_value(v)}' for k, v in overrides.items()]
+  return [sys.executable, os.path.join(REPO_ROOT, 'launch.py'), f'--config={config_arg}',
+          f'--workdir={point_dir}', *flags]
+
+
+def write_manifest(workdir: str, manifest: dict) -> None:
+  manifest['updated'] = datetime.datetime.now().isoformat(timespec='seconds')
+  tmp = os.path.join(workdir, f'.{MANIFEST}.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(manifest, f, indent=2, default=str)
+  os.replace(tmp, os.path.join(workdir, MANIFEST))  # Readers never see half a file.
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else (
+      f'{seconds // 60}m{seconds % 60:02d}s')
+
+
+def progress_line(entries: Sequence[dict], walls: Sequence[float], parallel: int) -> str:
+  count = {s: sum(e['status'] == s for e in entries) for s in ('done', 'failed', 'running')}
+  left = len(entries) - count['done'] - count['failed']
+  eta = ''
+  if walls and left:
+    eta = f', ETA {_duration(sum(walls) / len(walls) * math.ceil(left / max(parallel, 1)))}'
+  return (f'sweep: {count["done"]}/{len(entries)} done, {count["failed"]} failed, {left} left '
+          f'({count["running"]} running){eta}')
+
+
+# --- Running -----------------------------------------------------------------------------------
+
+Starter = Callable[[list[str], Any], subprocess.Popen]
+
+
+def _popen(cmd: list[str], log) -> subprocess.Popen:
+  return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+
+def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
+              shared: dict[str, Any] | None = None, parallel: int = 1,
+              sweep: sweep_lib.Sweep | None = None, start: Starter = _popen,
+              poll_seconds: float = 0.5) -> dict:
+  """Runs every point of the sweep not yet finished; returns the manifest (also DIR/sweep.json).
+
+  `config` is the resolved config of `config_arg` (with the `shared` command-line overrides);
+  it is used to check every point before anything runs. `start` starts one point's command.
+  """
+  if parallel < 1:
+    raise ConfigError(f'--parallel must be >= 1, got {parallel}.')
+  sweep = sweep if sweep is not None else sweep_lib.load(config_arg)
+  sweep_lib.validate(config, sweep.points)
+  check_workdir(workdir)
+  shared = dict(shared or {})
+  names = sweep_lib.point_names(sweep.points)
+  setting_names = dict(zip(names, sweep_lib.setting_names(sweep.points), strict=True))
+  baseline = sweep.baseline if sweep.baseline is not None else sweep_lib.setting_of(sweep.points[0])
+  baseline_name = next(setting_names[n] for n, p in zip(names, sweep.points, strict=True)
+                       if sweep_lib.setting_of(p) == baseline)
+
+  entries = []
+  for name, point in zip(names, sweep.points, strict=True):
+    steps = sweep_lib.apply(config, point).num_train_steps
+    state = point_state(os.path.join(workdir, name), steps)
+    status = {'done': 'done', 'nonfinite': 'failed'}.get(state, 'pending')
+    entries.append({'name': name, 'setting': setting_names[name], 'overrides': point,
+                    'num_train_steps': steps, 'status': status, 'skipped': status != 'pending',
+                    'resumed': state == 'resume', 'returncode': None,
+                    'error': 'non-finite final eval metrics' if state == 'nonfinite' else None,
+                    'wall_seconds': None})
+  manifest = {'config': config_arg, 'shared_overrides': shared, 'baseline': baseline_name,
+              'parallel': parallel, 'points': entries}
+  write_manifest(workdir, manifest)
+  skipped = sum(e['skipped'] for e in entries)
+  logging.info('Sweep of %d points in %s: %d already finished (skipped), %d to run, %d at a time.',
+               len(entries), workdir, skipped, len(entries) - skipped, parallel)
+
+  queue = [e for e in entries if e['status'] == 'pending']
+  running: dict[str, tuple[dict, subprocess.Popen, Any, float]] = {}
+  walls: list[float] = []
+
+  def finish(entry: dict, returncode: int, log_path: str, wall: float) -> None:
+    entry.update(returncode=returncode, wall_seconds=round(wall, 1))
+    summary = read_json(os.path.join(workdir, entry['name'], 'summary.json')) or {}
+    bad = nonfinite_metrics(summary)
+    if returncode == 0 and summary.get('step') == entry['num_train_steps'] and not bad:
+      entry.update(status='done', error=None)
+    else:
+      entry['status'] = 'failed'
+      entry['error'] = (error_from_log(log_path, returncode) if returncode else
+                        f'non-finite final eval metrics: {bad}' if bad else
+                        'exited 0 without a complete summary.json')
+    walls.append(wall)
+    logging.info('%s %s (%.0fs)%s', entry['status'], entry['name'], wall,
+                 f': {entry["error"]}' if entry['error'] else '')
+
+  try:
+    while queue or running:
+      while queue and len(running) < parallel:
+        entry = queue.pop(0)
+        point_dir = os.path.join(workdir, entry['name'])
+        os.makedirs(point_dir, exist_ok=True)
+        log = open(os.path.join(point_dir, LOG_FILE), 'a')
+        # Progress bars would fill the log; the point's own overrides come last and win.
+        cmd = launch_command(config_arg, point_dir,
+                             {'progress_bar': False, **shared, **entry['overrides']})
+        log.write(f'\n$ {" ".join(cmd)}\n')
+        log.flush()
+        running[entry['name']] = (entry, start(cmd, log), log, time.time())
+        entry['status'] = 'running'
+        logging.info('start %s%s', entry['name'], ' (resuming)' if entry['resumed'] else '')
+      write_manifest(workdir, manifest)
+      time.sleep(poll_seconds)
+      for name, (entry, proc, log, t0) in list(running.items()):
+        if proc.poll() is None:
+          continue
+        log.close()
+        del running[name]
+        finish(entry, proc.returncode, log.name, time.time() - t0)
+        write_manifest(workdir, manifest)
+        logging.info('%s', progress_line(entries, walls, parallel))
+  except BaseException:  # Ctrl-C or a crash here: stop the children, keep what they saved.
+    for entry, proc, log, _ in running.values():
+      proc.terminate()
+      try:
+        proc.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+      log.close()
+      entry['status'] = 'interrupted'
+    write_manifest(workdir, manifest)
+    raise
+  logging.info('%s', progress_line(entries, walls, parallel))
+  return manifest
+
+
+def cli(config_flag, workdir: str, parallel: int) -> int:
+  """`launch.py --mode=sweep`: runs the sweep; exit status 1 if any point failed."""
+  from ml_collections import config_flags
+
+  manifest = run_sweep(config_flags.get_config_filename(config_flag), config_flag.value, workdir,
+                       shared=dict(config_flags.get_override_values(config_flag)),
+                       parallel=parallel)
+  failed = [e for e in manifest['points'] if e['status'] == 'failed']
+  for e in failed:
+    print(f'failed: {e["name"]}: {e["error"]}', file=sys.stderr)
+  if failed:
+    print(f'error: {len(failed)} of {len(manifest["points"])} sweep points failed (see '
+          f'{os.path.join(workdir, MANIFEST)}); the others finished. Summarize with '
+          f'python launch.py --mode=report --workdir={workdir}', file=sys.stderr)
+    return 1
+  print(f'Sweep finished. Summarize with: python launch.py --mode=report --workdir={workdir}',
+        file=sys.stderr)
+  return 0
