@@ -134,7 +134,8 @@ def load_runs(workdir: str) -> tuple[list[Run], dict]:
     if status == 'failed' and not error:
       bad = nonfinite_metrics(read_json(os.path.join(run_dir, 'summary.json')) or {})
       error = f'non-finite final eval metrics: {bad}' if bad else 'failed'
-    runs.append(Run(e['name'], e['setting'], dict(e['overrides']), status, error, evals,
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in e['overrides'].items()}
+    runs.append(Run(e['name'], e['setting'], overrides, status, error, evals,
                     train_loss, config))
   meta = {'config': (manifest or {}).get('config', '(no sweep.json; settings inferred)'),
           'shared': (manifest or {}).get('shared_overrides', {}),

@@ -114,6 +114,46 @@ def _popen(cmd: list[str], log) -> subprocess.Popen:
   return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
 
+def lock_workdir(workdir: str):
+  """One sweep per folder: a second one would train the same points twice at the same time.
+
+  The lock is an flock on DIR/sweep.lock, so it goes away with the process however it ends.
+  """
+  import fcntl
+
+  f = open(os.path.join(workdir, 'sweep.lock'), 'a+')
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip() or '?'
+    f.close()
+    raise ConfigError(f'Another sweep (pid {holder}) is running in {workdir}; wait for it or '
+                      'stop it, then run this again (finished points are kept).') from None
+  f.seek(0)
+  f.truncate()
+  f.write(f'{os.getpid()}\n')
+  f.flush()
+  return f
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str, sweep: sweep_lib.Sweep) -> list[dict]:
+  """One manifest entry per point; finished points are marked done (or failed if NaN)."""
+  names = sweep_lib.point_names(sweep.points)
+  setting_names = sweep_lib.setting_names(sweep.points)
+  entries = []
+  for name, setting, point in zip(names, setting_names, sweep.points, strict=True):
+    steps = sweep_lib.apply(config, point).num_train_steps
+    state = point_state(os.path.join(workdir, name), steps)
+    status = {'done': 'done', 'nonfinite': 'failed'}.get(state, 'pending')
+    entries.append({'name': name, 'setting': setting, 'overrides': point,
+                    'num_train_steps': steps, 'status': status, 'skipped': status != 'pending',
+                    'resumed': state == 'resume', 'returncode': None,
+                    'error': 'non-finite final eval metrics' if state == 'nonfinite' else None,
+                    'wall_seconds': None})
+  return entries
+
+
 def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
               shared: dict[str, Any] | None = None, parallel: int = 1,
               sweep: sweep_lib.Sweep | None = None, start: Starter = _popen,
@@ -128,49 +168,50 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
   sweep = sweep if sweep is not None else sweep_lib.load(config_arg)
   sweep_lib.validate(config, sweep.points)
   check_workdir(workdir)
-  shared = dict(shared or {})
-  names = sweep_lib.point_names(sweep.points)
-  setting_names = dict(zip(names, sweep_lib.setting_names(sweep.points), strict=True))
-  baseline = sweep.baseline if sweep.baseline is not None else sweep_lib.setting_of(sweep.points[0])
-  baseline_name = next(setting_names[n] for n, p in zip(names, sweep.points, strict=True)
-                       if sweep_lib.setting_of(p) == baseline)
+  lock = lock_workdir(workdir)
+  try:
+    entries = plan(config, workdir, sweep)
+    baseline = (sweep.baseline if sweep.baseline is not None
+                else sweep_lib.setting_of(sweep.points[0]))
+    baseline_name = next(e['setting'] for e in entries
+                         if sweep_lib.setting_of(e['overrides']) == baseline)
+    manifest = {'config': config_arg, 'shared_overrides': dict(shared or {}),
+                'baseline': baseline_name, 'parallel': parallel, 'points': entries}
+    write_manifest(workdir, manifest)
+    skipped = sum(e['skipped'] for e in entries)
+    logging.info('Sweep of %d points in %s: %d already finished (skipped), %d to run, '
+                 '%d at a time.', len(entries), workdir, skipped, len(entries) - skipped,
+                 parallel)
+    _run_queue(workdir, manifest, start, poll_seconds)
+  finally:
+    lock.close()
+  logging.info('%s', progress_line(manifest['points'], [], parallel))
+  return manifest
 
-  entries = []
-  for name, point in zip(names, sweep.points, strict=True):
-    steps = sweep_lib.apply(config, point).num_train_steps
-    state = point_state(os.path.join(workdir, name), steps)
-    status = {'done': 'done', 'nonfinite': 'failed'}.get(state, 'pending')
-    entries.append({'name': name, 'setting': setting_names[name], 'overrides': point,
-                    'num_train_steps': steps, 'status': status, 'skipped': status != 'pending',
-                    'resumed': state == 'resume', 'returncode': None,
-                    'error': 'non-finite final eval metrics' if state == 'nonfinite' else None,
-                    'wall_seconds': None})
-  manifest = {'config': config_arg, 'shared_overrides': shared, 'baseline': baseline_name,
-              'parallel': parallel, 'points': entries}
-  write_manifest(workdir, manifest)
-  skipped = sum(e['skipped'] for e in entries)
-  logging.info('Sweep of %d points in %s: %d already finished (skipped), %d to run, %d at a time.',
-               len(entries), workdir, skipped, len(entries) - skipped, parallel)
 
+def _finish(workdir: str, entry: dict, returncode: int, log_path: str, wall: float) -> None:
+  """Records a point's outcome: done only with exit 0 and a complete, finite summary."""
+  entry.update(returncode=returncode, wall_seconds=round(wall, 1))
+  summary = read_json(os.path.join(workdir, entry['name'], 'summary.json')) or {}
+  bad = nonfinite_metrics(summary)
+  if returncode == 0 and summary.get('step') == entry['num_train_steps'] and not bad:
+    entry.update(status='done', error=None)
+  else:
+    entry['status'] = 'failed'
+    entry['error'] = (error_from_log(log_path, returncode) if returncode else
+                      f'non-finite final eval metrics: {bad}' if bad else
+                      'exited 0 without a complete summary.json')
+  logging.info('%s %s (%.0fs)%s', entry['status'], entry['name'], wall,
+               f': {entry["error"]}' if entry['error'] else '')
+
+
+def _run_queue(workdir: str, manifest: dict, start: Starter, poll_seconds: float) -> None:
+  """Runs the pending points, `parallel` at a time, until all have finished or failed."""
+  entries, parallel = manifest['points'], manifest['parallel']
+  shared = manifest['shared_overrides']
   queue = [e for e in entries if e['status'] == 'pending']
   running: dict[str, tuple[dict, subprocess.Popen, Any, float]] = {}
   walls: list[float] = []
-
-  def finish(entry: dict, returncode: int, log_path: str, wall: float) -> None:
-    entry.update(returncode=returncode, wall_seconds=round(wall, 1))
-    summary = read_json(os.path.join(workdir, entry['name'], 'summary.json')) or {}
-    bad = nonfinite_metrics(summary)
-    if returncode == 0 and summary.get('step') == entry['num_train_steps'] and not bad:
-      entry.update(status='done', error=None)
-    else:
-      entry['status'] = 'failed'
-      entry['error'] = (error_from_log(log_path, returncode) if returncode else
-                        f'non-finite final eval metrics: {bad}' if bad else
-                        'exited 0 without a complete summary.json')
-    walls.append(wall)
-    logging.info('%s %s (%.0fs)%s', entry['status'], entry['name'], wall,
-                 f': {entry["error"]}' if entry['error'] else '')
-
   try:
     while queue or running:
       while queue and len(running) < parallel:
@@ -179,7 +220,7 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
         os.makedirs(point_dir, exist_ok=True)
         log = open(os.path.join(point_dir, LOG_FILE), 'a')
         # Progress bars would fill the log; the point's own overrides come last and win.
-        cmd = launch_command(config_arg, point_dir,
+        cmd = launch_command(manifest['config'], point_dir,
                              {'progress_bar': False, **shared, **entry['overrides']})
         log.write(f'\n$ {" ".join(cmd)}\n')
         log.flush()
@@ -193,10 +234,11 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
           continue
         log.close()
         del running[name]
-        finish(entry, proc.returncode, log.name, time.time() - t0)
+        walls.append(time.time() - t0)
+        _finish(workdir, entry, proc.returncode, log.name, walls[-1])
         write_manifest(workdir, manifest)
         logging.info('%s', progress_line(entries, walls, parallel))
-  except BaseException:  # Ctrl-C or a crash here: stop the children, keep what they saved.
+  except BaseException:  # Ctrl-C, SIGTERM or a crash here: stop the children, keep their saves.
     for entry, proc, log, _ in running.values():
       proc.terminate()
       try:
@@ -207,17 +249,26 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
       entry['status'] = 'interrupted'
     write_manifest(workdir, manifest)
     raise
-  logging.info('%s', progress_line(entries, walls, parallel))
-  return manifest
-
 
 def cli(config_flag, workdir: str, parallel: int) -> int:
   """`launch.py --mode=sweep`: runs the sweep; exit status 1 if any point failed."""
+  import signal
+
   from ml_collections import config_flags
 
-  manifest = run_sweep(config_flags.get_config_filename(config_flag), config_flag.value, workdir,
-                       shared=dict(config_flags.get_override_values(config_flag)),
-                       parallel=parallel)
+  def stop(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+  signal.signal(signal.SIGTERM, stop)  # A scheduler's kill stops the points too, cleanly.
+  try:
+    manifest = run_sweep(config_flags.get_config_filename(config_flag), config_flag.value,
+                         workdir, shared=dict(config_flags.get_override_values(config_flag)),
+                         parallel=parallel)
+  except KeyboardInterrupt:
+    print('error: sweep interrupted; running points were stopped and keep their checkpoints. '
+          'Run the same command again to resume (finished points are skipped).',
+          file=sys.stderr)
+    return 130
   failed = [e for e in manifest['points'] if e['status'] == 'failed']
   for e in failed:
     print(f'failed: {e["name"]}: {e["error"]}', file=sys.stderr)
