@@ -53,6 +53,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel.fsdp = 1
   c.parallel.tensor = 1
 
+  c.wandb = ml_collections.ConfigDict()  # Weights & Biases, optional (research/wandb_log.py).
+  c.wandb.project = ''  # '' = off. metrics.jsonl and TensorBoard are always written.
+  c.wandb.entity = ''
+  c.wandb.group = ''  # Sweeps set it to the sweep folder's name.
+  c.wandb.mode = ''  # '' = wandb's default (WANDB_MODE or online) | online | offline | disabled
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 2  # Newest N steps kept, plus the best by best_metric.
   c.checkpoint.best_metric = 'accuracy'  # An eval metric name; '' = none.

@@ -25,6 +25,9 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # Events readable by TensorBoard, no TF import.
 
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=10)
+    from research import wandb_log  # Optional third sink: only with config.wandb.project set.
+
+    self._wandb = wandb_log.maybe_start(workdir) if enabled else None
 
   def write(self, step: int, split: str, scalars: dict[str, float], file: str = 'metrics.jsonl'):
     if not self.enabled:
@@ -35,6 +38,8 @@ class MetricWriter:
     for name, value in scalars.items():
       if isinstance(value, (int, float)):
         self._tb.add_scalar(f'{split}/{name}', value, step)
+    if self._wandb is not None:
+      self._wandb.log(step, split, scalars)
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     if self.enabled:
@@ -43,6 +48,8 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.close()
 
 
 def _jsonable(v):

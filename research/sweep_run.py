@@ -168,6 +168,10 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
   sweep = sweep if sweep is not None else sweep_lib.load(config_arg)
   sweep_lib.validate(config, sweep.points)
   check_workdir(workdir)
+  shared = dict(shared or {})
+  wandb = config.get('wandb')
+  if wandb is not None and wandb.get('project') and not wandb.get('group'):
+    shared['wandb.group'] = os.path.basename(os.path.abspath(workdir))  # One W&B group per sweep.
   lock = lock_workdir(workdir)
   try:
     entries = plan(config, workdir, sweep)
@@ -175,7 +179,7 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
                 else sweep_lib.setting_of(sweep.points[0]))
     baseline_name = next(e['setting'] for e in entries
                          if sweep_lib.setting_of(e['overrides']) == baseline)
-    manifest = {'config': config_arg, 'shared_overrides': dict(shared or {}),
+    manifest = {'config': config_arg, 'shared_overrides': shared,
                 'baseline': baseline_name, 'parallel': parallel, 'points': entries}
     write_manifest(workdir, manifest)
     skipped = sum(e['skipped'] for e in entries)
