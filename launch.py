@@ -19,9 +19,15 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (FILE or FILE:PRESET).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and logs go.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'sample'],
                   'What to do: train one run; sweep: run get_sweep() of the config file, one '
-                  'run per point under WORKDIR/<point>; report: summarize a sweep in WORKDIR.')
+                  'run per point under WORKDIR/<point>; report: summarize a sweep in WORKDIR; '
+                  'sample: print text from the latest checkpoint in WORKDIR (language models).')
+flags.DEFINE_string('prompt', '\n', '--mode=sample: text to continue.')
+flags.DEFINE_integer('num_tokens', 500, '--mode=sample: characters to generate.')
+flags.DEFINE_float('temperature', 0.8, '--mode=sample: softmax temperature; 0 = greedy.')
+flags.DEFINE_integer('top_k', 200, '--mode=sample: sample among the k likeliest; 0 = all.')
+flags.DEFINE_integer('seed', 0, '--mode=sample: sampling seed.')
 flags.DEFINE_bool('sweep', False, 'Short for --mode=sweep.')
 flags.DEFINE_integer('parallel', 1, 'Sweep points run at once, as local processes.')
 FLAGS = flags.FLAGS
@@ -61,6 +67,12 @@ def main(argv: list[str]) -> None:
       from research.sweep_run import cli
 
       sys.exit(cli(FLAGS['config'], FLAGS.workdir, FLAGS.parallel))
+    elif FLAGS.mode == 'sample':
+      from research.sampling import sample_from_workdir
+
+      print(sample_from_workdir(FLAGS.config, FLAGS.workdir, prompt=FLAGS.prompt,
+                                num_tokens=FLAGS.num_tokens, temperature=FLAGS.temperature,
+                                top_k=FLAGS.top_k, seed=FLAGS.seed))
     elif FLAGS.mode == 'report':
       from research.report import write_report
 

@@ -80,7 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_json = write_config(workdir, config)
   if is_main:
     provenance.write(workdir, config_json)
-  dataset = data.get_dataset(config, jax.process_index(), jax.process_count())
+  dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   model = models.get_model(config.model, dataset.meta)
   tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
   example = {k: v[:1] for k, v in dataset.train_batch(0).items()}

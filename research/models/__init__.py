@@ -30,7 +30,13 @@ def _mlp(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:
              dropout_rate=cfg.dropout_rate, **_dtypes(cfg))
 
 
-MODELS = {'mlp': _mlp}
+def _transformer_lm(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:
+  from research.models.lm import from_config
+
+  return from_config(cfg, meta)
+
+
+MODELS = {'mlp': _mlp, 'transformer_lm': _transformer_lm}
 
 
 def get_model(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:

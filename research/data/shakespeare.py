@@ -1,0 +1,137 @@
+"""Tiny Shakespeare, character level, from the real TFDS `tiny_shakespeare` builder.
+
+Each TFDS split is one string (train 1,003,854 chars, validation and test 55,770 each). The
+character vocabulary (65 symbols) comes from the train split and is saved as WORKDIR/vocab.json,
+so a resumed run and sampling reuse the exact mapping.
+
+Training batches are random windows of block_size + 1 characters, drawn from a generator seeded
+by (seed, step), so the data position is the step. Evaluation covers the whole eval split once,
+in consecutive non-overlapping windows (the last one padded and masked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+
+from research.config_checks import ConfigError, check_positive
+from research.data import pipeline, tfds_build
+
+NAME = 'tiny_shakespeare'
+SOURCE_FILES = ('input.txt',)
+VOCAB_FILE = 'vocab.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class CharVocab:
+  """Characters <-> ids (ids in sorted character order, as nanoGPT)."""
+
+  chars: tuple[str, ...]
+
+  @classmethod
+  def from_text(cls, text: str) -> CharVocab:
+    return cls(tuple(sorted(set(text))))
+
+  @classmethod
+  def load(cls, path: str) -> CharVocab:
+    with open(path) as f:
+      return cls(tuple(json.load(f)['chars']))
+
+  def save(self, path: str) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump({'type': 'char', 'chars': list(self.chars)}, f)
+    os.replace(tmp, path)
+
+  def __len__(self) -> int:
+    return len(self.chars)
+
+  def encode(self, text: str, what: str = 'text') -> np.ndarray:
+    """int32 ids; characters outside the vocabulary raise ConfigError (naming them)."""
+    codes = np.frombuffer(text.encode('utf-32-le'), np.uint32)
+    table = np.array([ord(c) for c in self.chars], np.uint32)  # Sorted, so searchsorted works.
+    ids = np.minimum(np.searchsorted(table, codes), len(table) - 1)
+    unknown = table[ids] != codes
+    if unknown.any():
+      bad = sorted({chr(c) for c in codes[unknown]})
+      raise ConfigError(f'The {what} has {int(unknown.sum())} character(s) outside the '
+                        f'{len(self)}-symbol vocabulary: {bad!r}.')
+    return ids.astype(np.int32)
+
+  def decode(self, ids) -> str:
+    return ''.join(self.chars[i] for i in np.asarray(ids).reshape(-1))
+
+
+def load_text(data: ml_collections.ConfigDict, split: str) -> str:
+  arrays = tfds_build.load_arrays(NAME, split, data.data_dir, data.manual_dir, SOURCE_FILES)
+  return bytes(arrays['text'][0]).decode('utf-8')
+
+
+def get_vocab(train_text: str, workdir: str | None, process_index: int = 0) -> CharVocab:
+  """The workdir's saved vocabulary if there is one, else built from the train text (and saved)."""
+  path = os.path.join(workdir, VOCAB_FILE) if workdir else None
+  if path and os.path.exists(path):
+    return CharVocab.load(path)
+  vocab = CharVocab.from_text(train_text)
+  if path and process_index == 0:
+    vocab.save(path)
+  return vocab
+
+
+def train_windows(ids: np.ndarray, step: int, *, seed: int, batch_size: int, block_size: int,
+                  process_index: int = 0, process_count: int = 1) -> pipeline.Batch:
+  """Global batch `step`: batch_size random windows; this process's rows only."""
+  starts = np.random.default_rng([seed, step]).integers(0, len(ids) - block_size, batch_size)
+  starts = starts[pipeline.process_rows(batch_size, process_index, process_count)]
+  windows = ids[starts[:, None] + np.arange(block_size + 1)]
+  return {'inputs': windows[:, :-1], 'targets': windows[:, 1:]}
+
+
+def eval_windows(ids: np.ndarray, block_size: int) -> pipeline.Batch:
+  """Every next-character target exactly once, in consecutive windows; padding masked out."""
+  num_targets = len(ids) - 1
+  num_windows = math.ceil(num_targets / block_size)
+  padded = np.zeros(num_windows * block_size + 1, np.int32)
+  padded[:len(ids)] = ids
+  valid = np.arange(num_windows * block_size) < num_targets
+  return {'inputs': padded[:-1].reshape(num_windows, block_size),
+          'targets': padded[1:].reshape(num_windows, block_size),
+          'target_mask': valid.reshape(num_windows, block_size).astype(np.float32)}
+
+
+def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
+                workdir: str | None = None) -> pipeline.Dataset:
+  check_positive(config, 'data.block_size')
+  block_size = config.data.block_size
+  train_text = load_text(config.data, config.data.train_split)
+  vocab = get_vocab(train_text, workdir, process_index)
+  train_ids = vocab.encode(train_text, f'{config.data.train_split} split')
+  eval_ids = vocab.encode(load_text(config.data, config.data.eval_split),
+                          f'{config.data.eval_split} split')
+  if len(train_ids) <= block_size:
+    raise ConfigError(f'config.data.block_size={block_size} is not shorter than the train split '
+                      f'({len(train_ids)} characters).')
+  windows = eval_windows(eval_ids, block_size)
+  train_batch = functools.partial(train_windows, train_ids, seed=config.seed,
+                                  batch_size=config.batch_size, block_size=block_size,
+                                  process_index=process_index, process_count=process_count)
+  meta = {'task': 'lm', 'vocab_size': len(vocab), 'block_size': block_size, 'vocab': vocab,
+          'num_eval_targets': len(eval_ids) - 1}
+  sample = config.get('sample')
+  if sample is not None and sample.num_tokens > 0:
+    from research.sampling import make_eval_hook  # Imports jax; the data stays numpy-only.
+
+    meta['eval_hooks'] = (make_eval_hook(vocab, sample),)
+  return pipeline.Dataset(
+      train_batch=train_batch,
+      eval_batches=lambda: pipeline.padded_eval_batches(
+          windows, batch_size=config.eval_batch_size, process_index=process_index,
+          process_count=process_count),
+      num_eval_examples=len(windows['inputs']),
+      meta=meta)
