@@ -111,7 +111,8 @@ Starter = Callable[[list[str], Any], subprocess.Popen]
 
 
 def _popen(cmd: list[str], log) -> subprocess.Popen:
-  return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+  # The same working directory as the sweep: relative --config and --workdir paths stay valid.
+  return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def lock_workdir(workdir: str):
