@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   quiet_library_info_logs()
   from research.config_checks import ConfigError
+  from research.reliability import RunError
 
   try:
     if FLAGS.sweep:
@@ -81,7 +82,46 @@ def main(argv: list[str]) -> None:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except RunError as e:  # NaN/Inf, or a checkpoint that cannot be written or read.
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; a mistyped --config.KEY becomes one line with a suggestion (exit 2)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' traceback for a key it lacks.
+    print(f'error: {override_error(argv, e)}', file=sys.stderr)
+    sys.exit(2)
+
+
+def override_error(argv: list[str], error: Exception) -> str:
+  """Names the --config.KEY override that matches no key, with the closest existing key."""
+  import importlib.util
+
+  from research.config_checks import ConfigError, get_dotted
+
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), '')
+  try:  # The config as config_flags loads it: FILE[:PRESET] -> get_config(PRESET).
+    path, _, preset = spec.partition(':')
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('cfg', path))
+    module.__spec__.loader.exec_module(module)
+    config = module.get_config(preset) if preset else module.get_config()
+  except Exception:  # noqa: BLE001 - fall back to ml_collections' own words.
+    return f'bad config override: {error}'
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      key = arg.split('=', 1)[0].removeprefix('--config.')
+      try:
+        get_dotted(config, key)
+      except ConfigError as e:
+        return f'--config.{key}: {e}'
+  return f'bad config override: {error}'
+
+
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -20,6 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.nan_policy = 'stop'  # 'stop': raise, keep the last good checkpoint. 'skip': drop the update.
   c.progress_bar = True
+  c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
+  c.fault_injection = ''  # Tests only: 'KIND@STEP' (research/reliability.py FAULTS). '' = none.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'

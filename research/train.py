@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -16,13 +17,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import checkpointing, config_checks, data, models, optimizers, parallel, provenance
+from research import (
+  checkpointing,
+  config_checks,
+  data,
+  models,
+  optimizers,
+  parallel,
+  provenance,
+  reliability,
+  resume_check,
+)
 from research.metrics import MetricWriter, classification_report, save_confusion_png
 from research.train_step import eval_step, init_state, train_step
 
-
-class NonFiniteError(RuntimeError):
-  """Loss or gradients became NaN/Inf; the last good checkpoint is left intact."""
+NonFiniteError = reliability.NonFiniteError  # Loss or grads NaN/Inf; last good checkpoint kept.
 
 
 def to_host(x) -> np.ndarray:
@@ -77,6 +86,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.check_train_config(config)
   config_checks.check_workdir(workdir)
   is_main = jax.process_index() == 0
+  fault = reliability.check_config(config)
+  resume_check.check_resume(workdir, config, is_main)  # Refuses a changed model; logs the rest.
   config_json = write_config(workdir, config)
   if is_main:
     provenance.write(workdir, config_json)
@@ -96,8 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   abstract = checkpointing.abstract_like(nn.unbox(boxed), layout.state_sharding)
   restored = checkpointing.restore_latest(manager, abstract)
+  pending, skipped = [], 0  # Train metrics since the last log point; skipped NaN updates.
   if restored:
     start_step, state, position = restored
+    pending = reliability.pending_from_json(position.get('pending_metrics'))
+    skipped = position.get('skipped_updates', 0)
     if position.get('seed') != config.seed or position.get('batch_size') != config.batch_size:
       logging.warning('Resuming with a different seed or batch size than the checkpoint '
                       '(%s): the data order will differ from an uninterrupted run.', position)
@@ -105,6 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     start_step = 0
     state = jax.jit(lambda: nn.unbox(init()), out_shardings=layout.state_sharding)()
+  for name in ('metrics.jsonl', 'perf.jsonl'):  # Lines a killed run wrote past the checkpoint.
+    if is_main and (dropped := reliability.truncate_jsonl(os.path.join(workdir, name), start_step)):
+      logging.warning('Dropped %d lines after step %d from %s (the run resumes there).', dropped,
+                      start_step, name)
   state = layout.to_strategy(state)
   num_params = sum(x.size for x in jax.tree.leaves(abstract.params))
   logging.info('Model %s: %s parameters; %s; strategy %s, mesh %s', config.model.name,
@@ -138,34 +156,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = tqdm(total=total, initial=start_step, disable=not is_main or not config.progress_bar,
              dynamic_ncols=True, mininterval=1.0)
   prefetch = None
-  pending, eval_metrics, t_start, t_log, step = [], {}, time.time(), time.time(), start_step
+  eval_metrics, t_start, t_log, step, stop = {}, time.time(), time.time(), start_step, False
   wait_at_log = 0.0
   # Multi-process: gloo CPU collectives deadlock when ~50 steps are queued with no host sync, so
   # block on the metrics at least every 10 steps (a no-op for speed on real accelerators).
   sync_every = min(config.log_every_steps, 10) if jax.process_count() > 1 else 0
+  signals = reliability.StopSignals()  # SIGTERM/SIGINT: finish the step, save, exit 0.
+  watchdog = reliability.Watchdog(config.step_timeout_s, reliability.describe_processes)
   try:
-    prefetch = data.pipeline.Prefetcher(lambda s: layout.put_batch(dataset.train_batch(s)),
-                                        start_step)
+    prefetch = data.pipeline.Prefetcher(
+        lambda s: layout.put_batch(fault.poison(s, dataset.train_batch(s))), start_step)
     while step < total:
       _, batch = prefetch.next()
       state, metrics = p_train(state, batch)  # Dispatched async; the loop runs ahead.
       pending.append(metrics)
       step += 1
+      watchdog.pet(step)
+      fault.after_step(step)
       if sync_every and step % sync_every == 0:
         jax.block_until_ready(metrics)
       is_eval = step % config.eval_every_steps == 0 or step == total
       is_ckpt = step % config.checkpoint_every_steps == 0 or step == total
-      if step % config.log_every_steps == 0 or is_eval or is_ckpt:
+      is_log = step % config.log_every_steps == 0 or is_eval or is_ckpt
+      stop = signals.should_stop(is_log, jax.process_count())
+      if is_log or stop:  # Every save follows this check, so a NaN state is never saved.
         train_metrics = summarize(pending)
         if train_metrics['nonfinite'] and config.nan_policy == 'stop':
-          bad = [k for k in ('loss', 'grad_norm', 'param_norm')
-                 if not np.isfinite(train_metrics[k])]
-          raise NonFiniteError(
-              f'Non-finite values between steps {step - len(pending) + 1} and {step} '
-              f'(non-finite: {bad or ["loss/grad"]}; loss={train_metrics["loss"]}, '
-              f'grad_norm={train_metrics["grad_norm"]}, param_norm={train_metrics["param_norm"]}). '
-              f'Stopped without saving; last good checkpoint: step {manager.latest_step()} in '
-              f'{manager.directory}. Try a lower learning rate or config.nan_policy="skip".')
+          checkpointing.wait(manager)  # In-flight saves of earlier (finite) steps complete.
+          steps = checkpointing.complete_steps(str(manager.directory))
+          raise NonFiniteError(reliability.nonfinite_report(
+              pending, step, steps[-1] if steps else None, str(manager.directory)))
+      if is_log:
+        if config.nan_policy == 'skip':
+          skipped += int(train_metrics['nonfinite'])
+          train_metrics['skipped_updates'] = skipped
+          if train_metrics['nonfinite']:
+            logging.warning('Skipped %d non-finite updates up to step %d (%d in total).',
+                            train_metrics['nonfinite'], step, skipped)
+        checkpointing.check_for_errors(manager)  # A failed async save stops the run here.
         now = time.time()
         steps_per_sec = len(pending) / (now - t_log)
         perf = {'steps_per_sec': steps_per_sec,
@@ -178,21 +206,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending, t_log, wait_at_log = [], time.time(), prefetch.wait_seconds
       if is_eval:
         eval_metrics = eval_and_log(step, state.params)
-      if is_ckpt:
+        watchdog.pet(step)
+      if is_ckpt or stop:
+        fault.before_save(step)
         checkpointing.save(manager, step, layout.to_global(state),
                            {'step': step, 'seed': config.seed, 'batch_size': config.batch_size,
-                            'examples_seen': step * config.batch_size},
+                            'examples_seen': step * config.batch_size, 'skipped_updates': skipped,
+                            'pending_metrics': reliability.pending_to_json(pending)},
                            metrics=eval_metrics if is_eval else None)
-    if not eval_metrics:  # Resumed an already finished run: report its final eval.
+        watchdog.pet(step)
+      if stop:
+        break
+    if not eval_metrics and not stop:  # Resumed an already finished run: report its final eval.
       eval_metrics = eval_and_log(step, state.params)
   finally:
+    signals.close()
     bar.close()
     if prefetch is not None:
       prefetch.close()
-    manager.wait_until_finished()  # Async saves finish (and raise their errors) before exit.
+    checkpointing.wait(manager)  # Async saves finish (and raise their errors) before exit.
     manager.close()
     writer.close()
+    watchdog.close()
   wall = time.time() - t_start
+  if stop:
+    message = (f'Stopped by {signals.received} after step {step}: checkpoint saved in '
+               f'{manager.directory}; run the same command again to resume.')
+    logging.warning('%s', message)
+    if is_main:
+      print(message, file=sys.stderr, flush=True)
+    return {'step': step, 'wall_seconds': wall, 'preempted': True}
   summary = {'step': step, 'wall_seconds': wall, **eval_metrics}
   if is_main:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:

@@ -9,6 +9,7 @@ network and hang, so we check the files we need before calling it.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -53,11 +54,21 @@ def build(name: str, data_dir: str | None, manual_dir: str | None,
   try:
     builder.download_and_prepare(download_config=download_config)
   except tfds.core.download.download_manager.NonMatchingChecksumError as e:
-    raise ConfigError(f'A source file for {name!r} in {manual_dir} fails the TFDS checksum '
-                      f'(wrong or corrupt file): {e}') from e
+    raise ConfigError(checksum_message(name, manual_dir, str(e))) from e
   except AssertionError as e:  # TFDS asserts when a manual-download dataset has no manual dir.
     raise ConfigError(f'Dataset {name!r} needs its source files in a manual dir: {e}') from e
   return builder
+
+
+def checksum_message(name: str, manual_dir: str | None, tfds_message: str) -> str:
+  """TFDS's NonMatchingChecksumError text -> one line naming the file and both sha256s."""
+  path = re.search(r'downloaded to (.+?), has wrong checksum', tfds_message)
+  sums = re.findall(r"checksum='([0-9a-f]+)'", tfds_message)
+  if not path or len(sums) != 2:
+    return f'A source file for {name!r} in {manual_dir} fails the TFDS checksum: {tfds_message}'
+  return (f'{path.group(1)} fails the TFDS checksum of dataset {name!r} (sha256 {sums[1]}, '
+          f'expected {sums[0]}): the file is corrupt, truncated or another version. Replace it '
+          'with the original file (see ../shared/data/README.md); nothing was built.')
 
 
 def _is_prepared(builder) -> bool:
