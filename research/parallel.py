@@ -12,7 +12,6 @@ Checkpoints always hold the plain (global) state, so either path restores the ot
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -174,6 +173,9 @@ def make_layout(cfg: ml_collections.ConfigDict, boxed_abstract_state: PyTree,
   if cfg.strategy == 'pmap':
     if devices is not None:
       raise ValueError('pmap always runs on every local device of every process.')
+    if cfg.fsdp != 1 or cfg.tensor != 1:
+      raise ConfigError(f'config.parallel.strategy=pmap replicates the state: fsdp={cfg.fsdp} '
+                        f'and tensor={cfg.tensor} need strategy=jit (or set both to 1).')
     if global_batch % jax.device_count():
       raise ConfigError(
           f'batch size {global_batch} does not divide over {jax.device_count()} devices: pmap '
@@ -218,12 +220,10 @@ def jit_steps(layout: Layout, train_step, eval_step):
 
 
 def mesh_context(layout: Layout):
-  """The mesh and logical rules in context while tracing, so activation constraints in a model
-  (`nn.with_logical_constraint(x, ('batch', 'length', 'embed'))`) resolve to this mesh."""
-  stack = contextlib.ExitStack()
-  stack.enter_context(jax.set_mesh(layout.mesh))
-  stack.enter_context(nn.logical_axis_rules(RULES))
-  return stack
+  """The mesh in context while tracing, so a model may pin an activation's layout with a bare
+  `jax.lax.with_sharding_constraint(x, P(BATCH_AXES))`. (Not `nn.logical_axis_rules`: under
+  those, flax re-traces DenseGeneral's kernel init with a constraint of the wrong rank.)"""
+  return jax.set_mesh(layout.mesh)
 
 
 def under_mesh(layout: Layout, fn):
