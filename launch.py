@@ -19,9 +19,10 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (FILE or FILE:PRESET).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and logs go.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'sample'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'dryrun', 'sample'],
                   'What to do: train one run; sweep: run get_sweep() of the config file, one '
                   'run per point under WORKDIR/<point>; report: summarize a sweep in WORKDIR; '
+                  'dryrun: compile the train step ahead of time and print per-device memory; '
                   'sample: print text from the latest checkpoint in WORKDIR (language models).')
 flags.DEFINE_string('prompt', '\n', '--mode=sample: text to continue.')
 flags.DEFINE_integer('num_tokens', 500, '--mode=sample: characters to generate.')
@@ -30,6 +31,14 @@ flags.DEFINE_integer('top_k', 200, '--mode=sample: sample among the k likeliest;
 flags.DEFINE_integer('seed', 0, '--mode=sample: sampling seed.')
 flags.DEFINE_bool('sweep', False, 'Short for --mode=sweep.')
 flags.DEFINE_integer('parallel', 1, 'Sweep points run at once, as local processes.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  'Join a multi-process job (research/distributed.py): auto = when the three '
+                  'flags below are given or SLURM / Cloud TPU / GKE is detected.')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process runs).')
+flags.DEFINE_integer('num_processes', None, 'Processes in the job (multi-process runs).')
+flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+flags.DEFINE_integer('initialization_timeout', 300,
+                     'Seconds to wait for the coordinator and every process to join.')
 FLAGS = flags.FLAGS
 QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
 
@@ -44,6 +53,15 @@ def quiet_library_info_logs() -> None:
   logging.get_absl_logger().addFilter(keep)
 
 
+def join_distributed_job() -> None:
+  """Before any JAX computation: one global device list over all processes, if asked."""
+  from research import distributed
+
+  distributed.initialize(distributed.Request(
+      FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+      FLAGS.initialization_timeout))
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -56,14 +74,21 @@ def main(argv: list[str]) -> None:
       if FLAGS.mode not in ('train', 'sweep'):
         raise ConfigError(f'--sweep conflicts with --mode={FLAGS.mode}.')
       FLAGS.mode = 'sweep'
-    if FLAGS.workdir is None or (FLAGS.config is None and FLAGS.mode != 'report'):
+    if (FLAGS.workdir is None and FLAGS.mode != 'dryrun') or (
+        FLAGS.config is None and FLAGS.mode != 'report'):
       raise ConfigError('--config and --workdir are required '
                         '(e.g. --config=experiments/mnist_mlp.py --workdir=/tmp/run); '
                         '--mode=report needs only --workdir.')
+    if FLAGS.mode in ('train', 'dryrun'):
+      join_distributed_job()
     if FLAGS.mode == 'train':
       from research.train import train_and_evaluate
 
       train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'dryrun':
+      from research.dryrun import dryrun
+
+      dryrun(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'sweep':
       from research.sweep_run import cli
 
@@ -119,8 +144,6 @@ def override_error(argv: list[str], error: Exception) -> str:
       except ConfigError as e:
         return f'--config.{key}: {e}'
   return f'bad config override: {error}'
-
-
 
 
 if __name__ == '__main__':
