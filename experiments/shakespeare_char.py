@@ -20,6 +20,7 @@ import ml_collections
 
 from research.configs import base_config
 from research.data.tfds_build import default_manual_dir
+from research.sweep import Sweep, product, sweep
 
 
 def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
@@ -111,3 +112,15 @@ def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
   elif preset != 'cpu':
     raise ValueError(f'Unknown preset {preset!r}; use :cpu, :gpu or :tiny.')
   return c
+
+
+def get_sweep():
+  """Depth x peak learning rate x 2 seeds at the :cpu size; baseline = the :cpu recipe.
+
+  python launch.py --config=experiments/shakespeare_char.py:cpu --workdir=/tmp/abl_lm --sweep \
+      --config.num_train_steps=600 --config.eval_every_steps=100 --config.sample.num_tokens=0
+  """
+  return Sweep(product(sweep('model.num_layers', [1, 2, 4]),
+                       sweep('optimizer.learning_rate', [3e-4, 1e-3, 3e-3]),
+                       sweep('seed', [0, 1])),
+               baseline={'model.num_layers': 4, 'optimizer.learning_rate': 1e-3})
