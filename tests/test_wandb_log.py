@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import time
 
 import pytest
 
@@ -29,9 +30,11 @@ def test_metrics_go_to_one_wandb_run_across_resumes(tmp_path, monkeypatch):
   writer.write(2, 'eval', {'accuracy': 0.25})
   writer.close()
   run_id = open(os.path.join(workdir, 'wandb_run_id.txt')).read().strip()
+  time.sleep(1.1)  # Offline run folders are named to the second.
   writer = MetricWriter(workdir)  # A resumed run.
   writer.write(3, 'eval', {'accuracy': 0.75})
   writer.close()
+  wandb.teardown()  # The W&B service writes the run files; stopping it flushes them.
   assert open(os.path.join(workdir, 'wandb_run_id.txt')).read().strip() == run_id
   files = sorted(glob.glob(os.path.join(workdir, 'wandb', 'offline-run-*', '*.wandb')))
   assert len(files) == 2 and all(f.endswith(f'run-{run_id}.wandb') for f in files)
