@@ -283,4 +283,4 @@ def _root(e: BaseException) -> BaseException:
 
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
-  return (text[0] if text else repr(e))[:400]
+  return (text[0] if text else repr(e))[:600]

@@ -6,8 +6,9 @@
   allowed  HARMLESS keys (steps, intervals, progress bar, watchdog, paths, topology): logged.
   warned   anything else (learning rate, seed, batch size, ...): allowed, but the run no longer
            equals an uninterrupted one, so the log says so.
-Every accepted change is appended to WORKDIR/config_changes.jsonl, and train.write_config keeps
-the previous config.json as config.<n>.json, so the history of a workdir is never lost.
+Accepted changes are appended to WORKDIR/config_changes.jsonl (`record`), and train.write_config
+keeps the previous config.json as config.<n>.json, so the history of a workdir is never lost.
+Both happen only after the run's input checked out, so a failed start changes nothing.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def format_diff(diff: dict[str, tuple]) -> str:
   return '\n'.join(f'  {k}: {json.dumps(a)} -> {json.dumps(b)}' for k, (a, b) in diff.items())
 
 
-def check_resume(workdir: str, config: ml_collections.ConfigDict, is_main: bool = True) -> dict:
+def check_resume(workdir: str, config: ml_collections.ConfigDict) -> dict:
   """Raises ConfigError if resuming WORKDIR with `config` would mix runs; returns the diff."""
   steps = checkpoint_steps(workdir)
   path = os.path.join(workdir, 'config.json')
@@ -84,9 +85,16 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict, is_main: bool 
   if risky:
     logging.warning('These changes make the resumed run differ from an uninterrupted one:\n%s',
                     format_diff(risky))
-  if is_main:
-    record = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'latest_checkpoint': steps[-1],
-              'changes': {k: list(v) for k, v in diff.items()}}
-    with open(os.path.join(workdir, 'config_changes.jsonl'), 'a') as f:
-      f.write(json.dumps(record) + '\n')
   return diff
+
+
+def record(workdir: str, diff: dict[str, tuple]) -> None:
+  """Appends accepted changes to WORKDIR/config_changes.jsonl (once the run's input checked out)."""
+  if not diff:
+    return
+  steps = checkpoint_steps(workdir)
+  entry = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+           'latest_checkpoint': steps[-1] if steps else None,
+           'changes': {k: list(v) for k, v in diff.items()}}
+  with open(os.path.join(workdir, 'config_changes.jsonl'), 'a') as f:
+    f.write(json.dumps(entry) + '\n')

@@ -75,7 +75,8 @@ def evaluate(p_eval, params, dataset: data.Dataset, layout: parallel.Layout) -> 
 def summarize(pending: list[dict]) -> dict[str, float]:
   """Means of the steps since the last log point: the only host sync in the loop."""
   host = jax.device_get([{k: to_host(v) for k, v in m.items()} for m in pending])
-  out = {k: float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
+  finite = [m for m in host if not np.max(m['nonfinite'])] or host  # Skipped updates left out.
+  out = {k: float(np.mean([np.mean(m[k]) for m in finite])) for k in host[0]}
   out['nonfinite'] = float(sum(np.max(m['nonfinite']) for m in host))
   return out
 
@@ -87,10 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.check_workdir(workdir)
   is_main = jax.process_index() == 0
   fault = reliability.check_config(config)
-  resume_check.check_resume(workdir, config, is_main)  # Refuses a changed model; logs the rest.
-  config_json = write_config(workdir, config)
-  if is_main:
-    provenance.write(workdir, config_json)
+  changes = resume_check.check_resume(workdir, config)  # Refuses a changed model.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   model = models.get_model(config.model, dataset.meta)
   tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
@@ -102,6 +100,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.eval_batch_size % layout.data_parallel:
     raise config_checks.ConfigError(f'eval_batch_size {config.eval_batch_size} does not divide '
                                     f'over the data-parallel size {layout.data_parallel}.')
+  config_json = write_config(workdir, config)  # Only once the input checked out.
+  if is_main:
+    provenance.write(workdir, config_json)
+    resume_check.record(workdir, changes)
 
   # --- State: restored from the newest good checkpoint, else fresh ------------------------------
   manager = checkpointing.make_manager(workdir, config.checkpoint)

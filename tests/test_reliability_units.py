@@ -1,0 +1,281 @@
+"""Reliability pieces in-process (8 fake CPU devices): corrupt checkpoints, checksums, config
+safety on resume, NaN skipping, stop signals, exact-resume bookkeeping."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research import checkpointing, reliability, resume_check
+from research.config_checks import ConfigError
+from research.reliability import CheckpointError
+
+CKPT = ml_collections.ConfigDict(dict(keep=3, best_metric='', best_mode='max', async_save=True))
+
+
+def mesh_state(i, fsdp=True):
+  mesh = jax.make_mesh((8,), ('fsdp',), axis_types=(jax.sharding.AxisType.Auto,))
+  spec = P('fsdp') if fsdp else P()
+  w = jax.random.normal(jax.random.key(i), (256, 256))  # Big enough for bytes mid-array.
+  return {'w': jax.device_put(w, NamedSharding(mesh, spec)),
+          'b': jax.device_put(jnp.full((16,), i, jnp.bfloat16), NamedSharding(mesh, P())),
+          'step': jax.device_put(jnp.int32(i), NamedSharding(mesh, P())),
+          'mask': jax.device_put(jnp.arange(8) % 2 == 0, NamedSharding(mesh, P()))}
+
+
+def abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+  """A workdir with complete checkpoints at steps 10 and 20."""
+  workdir = tmp_path_factory.mktemp('ckpt')
+  manager = checkpointing.make_manager(str(workdir), CKPT)
+  for step in (10, 20):
+    checkpointing.save(manager, step, mesh_state(step), {'step': step})
+  checkpointing.wait(manager)
+  manager.close()
+  return str(workdir)
+
+
+def biggest_file(step_dir):
+  """The largest OCDBT data file (on a tie, the merged copy under state/d, which restore reads)."""
+  files = glob.glob(f'{step_dir}/state/d/*') + glob.glob(f'{step_dir}/state/ocdbt.*/d/*')
+  return max(files, key=os.path.getsize)
+
+
+def truncate(step_dir):
+  path = biggest_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def garbage(step_dir):  # Same size, other bytes: Orbax alone restores this silently.
+  path = biggest_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b'\x13\x37' * 16)
+
+
+def corrupt_json(step_dir):
+  with open(os.path.join(step_dir, 'data', 'metadata'), 'w') as f:
+    f.write('{"step": 2')
+
+
+CORRUPTIONS = {  # kind: (corrupt step 20, text the report must contain)
+    'truncated file': (truncate, '/20: ValueError'),
+    'missing shard': (lambda d: os.remove(biggest_file(d)), '/20: ValueError'),
+    'garbage bytes': (garbage, "checksum mismatch in 1 array(s) [\"['w']\"]"),
+    'missing item': (lambda d: shutil.rmtree(os.path.join(d, 'data')), '/20/data is missing'),
+    'garbage json': (corrupt_json, '/20/data/metadata is unreadable or not valid JSON'),
+}
+
+
+@pytest.mark.parametrize('kind', list(CORRUPTIONS))
+def test_corrupt_newest_checkpoint_is_reported_and_the_older_one_used(kind, saved, tmp_path,
+                                                                      caplog):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(saved, workdir)
+  corrupt, report = CORRUPTIONS[kind]
+  corrupt(os.path.join(workdir, 'checkpoints', '20'))
+  manager = checkpointing.make_manager(workdir, CKPT)
+  step, state, position = checkpointing.restore_latest(manager, abstract(mesh_state(0)))
+  manager.close()
+  assert (step, position) == (10, {'step': 10})
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(mesh_state(10)), strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  errors = [r.getMessage() for r in caplog.records if r.levelname == 'ERROR']
+  assert any('step 20' in e and report in e for e in errors), errors
+
+
+def test_leftover_temporary_folder_is_reported_removed_and_ignored(saved, tmp_path, caplog):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(saved, workdir)
+  leftover = os.path.join(workdir, 'checkpoints', '30.orbax-checkpoint-tmp-1234')
+  shutil.copytree(os.path.join(workdir, 'checkpoints', '20'), leftover)
+  os.remove(biggest_file(leftover))
+  manager = checkpointing.make_manager(workdir, CKPT)
+  step, _, _ = checkpointing.restore_latest(manager, abstract(mesh_state(0)))
+  manager.close()
+  assert step == 20
+  assert any('step 30 was interrupted' in r.getMessage() and leftover in r.getMessage()
+             for r in caplog.records)
+  assert not os.path.exists(leftover)
+
+
+def test_no_restorable_checkpoint_refuses_to_start_over_and_deletes_nothing(saved, tmp_path):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(saved, workdir)
+  for step in ('10', '20'):
+    garbage(os.path.join(workdir, 'checkpoints', step))
+  before = sorted(glob.glob(f'{workdir}/**', recursive=True))
+  manager = checkpointing.make_manager(workdir, CKPT)
+  with pytest.raises(CheckpointError, match=r'(?s)No checkpoint .* restores.*step 20.*step 10'):
+    checkpointing.restore_latest(manager, abstract(mesh_state(0)))
+  manager.close()
+  assert sorted(glob.glob(f'{workdir}/**', recursive=True)) == before
+
+
+def test_changed_shapes_are_refused_before_restore_naming_the_array(saved):
+  manager = checkpointing.make_manager(saved, CKPT)
+  wrong = abstract(mesh_state(0))
+  wrong['w'] = jax.ShapeDtypeStruct((256, 64), jnp.float32, sharding=wrong['w'].sharding)
+  with pytest.raises(ConfigError, match=r'w: saved \(256, 256\), now \(256, 64\)'):
+    checkpointing.restore_latest(manager, wrong)
+  manager.close()
+
+
+def test_checksums_see_one_changed_element_and_ignore_the_topology():
+  sharded, replicated = mesh_state(3, fsdp=True), mesh_state(3, fsdp=False)
+  sums = checkpointing.state_checksums(sharded)
+  assert sums == checkpointing.state_checksums(replicated)
+  assert sums == checkpointing.state_checksums(jax.device_get(sharded))  # Host numpy too.
+  changed = dict(sharded, w=sharded['w'].at[37, 5].add(1e-6))
+  swapped = dict(sharded, b=sharded['b'].at[0].set(3.5))
+  assert checkpointing.state_checksums(changed)["['w']"] != sums["['w']"]
+  assert checkpointing.state_checksums(swapped)["['b']"] != sums["['b']"]
+
+
+def test_async_save_errors_are_raised_with_the_disk_full_message(tmp_path):
+  manager = checkpointing.make_manager(str(tmp_path), CKPT)
+  checkpointing.save(manager, 1, mesh_state(1), {'step': 1})
+  checkpointing.wait(manager)
+  reliability.Fault('enospc_in_save', 2).before_save(2)
+  checkpointing.save(manager, 2, mesh_state(2), {'step': 2})  # Fails in the background.
+  with pytest.raises(CheckpointError, match=r'Saving step 2 .* The newest complete checkpoint, '
+                                            r'step 1, is intact\. The disk is full'):
+    checkpointing.wait(manager)
+  assert checkpointing.complete_steps(str(manager.directory)) == [1]
+
+
+# --- Exact-resume bookkeeping ----------------------------------------------------------------
+
+
+def test_truncate_jsonl_drops_later_steps_and_a_torn_line(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  lines = [json.dumps({'step': s, 'split': 'train'}) + '\n' for s in (5, 10, 15)]
+  with open(path, 'w') as f:
+    f.writelines(lines + ['{"step": 20, "spl'])
+  assert reliability.truncate_jsonl(path, 10) == 2
+  assert open(path).read() == ''.join(lines[:2])
+  assert reliability.truncate_jsonl(path, 10) == 0
+
+
+def test_pending_metrics_round_trip_exactly_through_json():
+  pending = [{'loss': jnp.float32(0.1 * i + 1e-7), 'nonfinite': jnp.float32(0)} for i in range(3)]
+  restored = reliability.pending_from_json(json.loads(json.dumps(
+      reliability.pending_to_json(pending))))
+  for a, b in zip(pending, restored, strict=True):
+    for k in a:
+      assert np.asarray(a[k]).tobytes() == b[k].tobytes() and b[k].dtype == np.float32
+
+
+# --- Config safety -------------------------------------------------------------------------
+
+
+def workdir_with_checkpoint(tmp_path, config):
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints' / '10').mkdir(parents=True)
+  (workdir / 'config.json').write_text(config.to_json_best_effort(sort_keys=True, indent=2))
+  return str(workdir)
+
+
+def smoke_config(data_dir='/nonexistent'):
+  import experiments.mnist_mlp as mnist_mlp
+
+  config = mnist_mlp.get_config('smoke')
+  config.data.data_dir = data_dir
+  return config
+
+
+def test_resume_with_another_model_is_refused_with_a_diff_before_compute(tmp_path):
+  from research.train import train_and_evaluate
+
+  workdir = workdir_with_checkpoint(tmp_path, smoke_config())
+  before = {p: open(p, 'rb').read() for p in glob.glob(f'{workdir}/**', recursive=True)
+            if os.path.isfile(p)}
+  config = smoke_config()
+  config.model.widths = (32,)
+  config.optimizer.name = 'sgd'
+  config.num_train_steps = 5  # Harmless; not part of the refusal.
+  with pytest.raises(ConfigError) as e:
+    train_and_evaluate(config, workdir)  # Fails before data: data_dir does not even exist.
+  assert 'model.widths: [256] -> [32]' in str(e.value)
+  assert 'optimizer.name: "adamw" -> "sgd"' in str(e.value)
+  assert 'num_train_steps' not in str(e.value)
+  after = {p: open(p, 'rb').read() for p in glob.glob(f'{workdir}/**', recursive=True)
+           if os.path.isfile(p)}
+  assert after == before
+
+
+def test_harmless_and_risky_changes_are_allowed_and_recorded(tmp_path, caplog):
+  from research.train import write_config
+
+  workdir = workdir_with_checkpoint(tmp_path, smoke_config())
+  config = smoke_config()
+  config.num_train_steps, config.step_timeout_s = 600, 60.0
+  config.optimizer.learning_rate = 3e-4
+  diff = resume_check.check_resume(workdir, config)
+  assert set(diff) == {'num_train_steps', 'step_timeout_s', 'optimizer.learning_rate'}
+  warned = ' '.join(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
+  assert 'optimizer.learning_rate' in warned and 'num_train_steps' not in warned
+  resume_check.record(workdir, diff)
+  record = json.loads(open(os.path.join(workdir, 'config_changes.jsonl')).read())
+  assert record['latest_checkpoint'] == 10 and record['changes']['num_train_steps'] == [300, 600]
+  old = open(os.path.join(workdir, 'config.json')).read()
+  write_config(workdir, config)
+  write_config(workdir, smoke_config())
+  assert open(os.path.join(workdir, 'config.1.json')).read() == old  # History kept, in order.
+  assert json.load(open(os.path.join(workdir, 'config.2.json')))['num_train_steps'] == 600
+
+
+def test_nan_policy_skip_drops_the_update_counts_it_and_finishes(tmp_path, data_dir):
+  from research.train import train_and_evaluate
+
+  config = smoke_config(data_dir)
+  config.num_train_steps, config.log_every_steps = 10, 5
+  config.eval_every_steps = config.checkpoint_every_steps = 10
+  config.model.widths, config.batch_size, config.progress_bar = (16,), 16, False
+  config.nan_policy, config.fault_injection = 'skip', 'nan@3'
+  summary = train_and_evaluate(config, str(tmp_path))
+  train = [m for m in map(json.loads, open(tmp_path / 'metrics.jsonl')) if m['split'] == 'train']
+  assert [(m['step'], m['nonfinite'], m['skipped_updates']) for m in train] == [(5, 1, 1),
+                                                                                 (10, 0, 1)]
+  assert all(np.isfinite(m['loss']) for m in train)  # Means over the updates that happened.
+  assert np.isfinite(summary['loss'])
+
+
+# --- Signals and config checks -------------------------------------------------------------
+
+
+def test_first_signal_sets_a_flag_second_acts_at_once_and_close_restores():
+  previous = signal.getsignal(signal.SIGINT)
+  signals = reliability.StopSignals()
+  assert not signals.should_stop(at_log_point=True)
+  os.kill(os.getpid(), signal.SIGINT)
+  assert signals.received == 'SIGINT' and signals.should_stop(at_log_point=False)
+  with pytest.raises(KeyboardInterrupt):
+    os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is previous
+
+
+@pytest.mark.parametrize('spec', ['nan', 'nan@0', 'boom@3', 'hang@x'])
+def test_bad_fault_specs_and_timeouts_are_config_errors(spec):
+  config = smoke_config()
+  config.fault_injection = spec
+  with pytest.raises(ConfigError, match='KIND@STEP'):
+    reliability.check_config(config)
+  config = smoke_config()
+  config.step_timeout_s = -1.0
+  with pytest.raises(ConfigError, match='step_timeout_s must be >= 0'):
+    reliability.check_config(config)
