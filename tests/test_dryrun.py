@@ -1,0 +1,96 @@
+"""--mode=dryrun: the train step compiled ahead of time from shapes, per-device bytes reported."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from conftest import run_launch
+
+from research import configs, dryrun
+from research.config_checks import ConfigError
+from research.data.pipeline import Dataset
+
+WIDTHS = (256, 128)
+
+
+def mlp_config(**parallel) -> ml_collections.ConfigDict:
+  c = configs.base_config()
+  c.batch_size = 64
+  c.model.widths = WIDTHS
+  c.model.activation = 'relu'
+  c.model.dropout_rate = 0.0
+  c.parallel.update(parallel)
+  return c
+
+
+def fake_dataset(batch_size: int) -> Dataset:
+  """Shapes only: the dry run needs one host batch and the model's metadata, no real data."""
+  batch = {'inputs': np.zeros((batch_size, 28, 28, 1), np.float32),
+           'targets': np.zeros((batch_size,), np.int32)}
+  return Dataset(train_batch=lambda step: batch, eval_batches=lambda: iter(()),
+                 num_eval_examples=0, meta={'num_classes': 10, 'task': 'classification'})
+
+
+def report(**parallel) -> dict:
+  config = mlp_config(**parallel)
+  return dryrun.memory_report(config, fake_dataset(config.batch_size))
+
+
+def test_fsdp_and_tensor_shrink_the_per_device_state_without_allocating_it():
+  live_before = len(jax.live_arrays())
+  dp, fsdp, tp = report(data=8), report(data=1, fsdp=8), report(data=1, tensor=8)
+  assert len(jax.live_arrays()) == live_before  # Nothing was placed on the devices.
+  dims = (784,) + WIDTHS + (10,)
+  num_params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=False))
+  assert dp['num_params'] == fsdp['num_params'] == num_params
+  full = num_params * 4
+  assert dp['per_device_bytes']['params'] == full  # Data parallel: every device holds it all.
+  # fsdp=8 shards every 'embed' dim; dense_0's bias ('mlp') and the head's bias stay whole.
+  whole = 256 + 10
+  assert fsdp['per_device_bytes']['params'] == ((num_params - whole) // 8 + whole) * 4
+  # tensor=8 shards the 'mlp' dims: dense_0 columns, dense_1 rows and dense_0's bias.
+  tensor_sharded = 784 * 256 + 256 + 256 * 128
+  assert tp['per_device_bytes']['params'] == (tensor_sharded // 8 + num_params - tensor_sharded) * 4
+  for r in (dp, fsdp, tp):  # Adam: two moments shaped (and sharded) like the params, + counts.
+    b = r['per_device_bytes']
+    assert 2 * b['params'] <= b['optimizer_state'] <= 2 * b['params'] + 64
+    assert b['activations_temp'] > 0 and b['total'] >= b['params'] + b['optimizer_state']
+  assert fsdp['per_device_bytes']['total'] < dp['per_device_bytes']['total']
+
+
+def test_pmap_dryrun_holds_a_full_replica_per_device():
+  r = report(strategy='pmap')
+  assert r['strategy'] == 'pmap' and r['per_device_bytes']['params'] == r['num_params'] * 4
+  assert r['input_shapes']['inputs'] == [8, 8, 28, 28, 1]  # Devices x per-device rows.
+
+
+def test_dryrun_rejects_layouts_before_compiling():
+  config = mlp_config(data=8)
+  config.batch_size = 60
+  with pytest.raises(ConfigError, match='batch size 60 does not divide over the data-parallel'):
+    dryrun.memory_report(config, fake_dataset(60))
+  config = mlp_config(data=1, tensor=8)
+  config.model.widths = (100,)
+  with pytest.raises(ConfigError, match=r"dense_0.*dimension 100 is sharded"):
+    dryrun.memory_report(config, fake_dataset(config.batch_size))
+
+
+def test_launch_dryrun_prints_the_memory_table_for_the_lm(tmp_path, data_dir):
+  args = ['--config=experiments/shakespeare_char.py:tiny', '--mode=dryrun',
+          f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path}',
+          '--config.parallel.data=2', '--config.parallel.fsdp=2', '--config.parallel.tensor=2']
+  result = run_launch(args, devices=8, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  for line in ('mesh data=2 x fsdp=2 x tensor=2 on 8 cpu devices', 'parameters', 'optimizer state',
+               'activations/temp', 'total (peak est.)'):
+    assert line in out, out
+  saved = json.load(open(os.path.join(tmp_path, 'dryrun.json')))
+  assert saved['num_params'] > 0 and saved['per_device_bytes']['total'] > 0
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))  # No training happened.
+  bad = run_launch(args[:-3] + ['--config.parallel.data=1', '--config.parallel.tensor=8'],
+                   devices=8, timeout=300)
+  assert bad.returncode == 2 and 'is sharded over mesh axes' in bad.stderr
