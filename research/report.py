@@ -130,7 +130,8 @@ def load_runs(workdir: str) -> tuple[list[Run], dict]:
     config = read_json(os.path.join(run_dir, 'config.json')) or {}
     evals, train_loss = read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
     status = _status(run_dir, config, e.get('status'))
-    error = e.get('error') if status == 'failed' else None
+    error = {'failed': e.get('error'),
+             'incomplete': 'not finished: running, interrupted or not started'}.get(status)
     if status == 'failed' and not error:
       bad = nonfinite_metrics(read_json(os.path.join(run_dir, 'summary.json')) or {})
       error = f'non-finite final eval metrics: {bad}' if bad else 'failed'
