@@ -209,8 +209,28 @@ def compile_steps(layout: Layout, train_step, eval_step):
   return under_mesh(layout, j_train), under_mesh(layout, j_eval)
 
 
+def compute_sharding(layout: Layout) -> PyTree | None:
+  """Where the params live while the model runs: their shardings without `fsdp` (still split
+  over `tensor`). ZeRO-3 gathers each weight for its use; None when fsdp is 1 (nothing to do)."""
+  if layout.strategy != 'jit' or layout.mesh.shape['fsdp'] == 1:
+    return None
+
+  def drop_fsdp(axes):
+    if axes == 'fsdp':
+      return None
+    if isinstance(axes, tuple):
+      return tuple(a for a in axes if a != 'fsdp') or None
+    return axes
+
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(*map(drop_fsdp, s.spec))),
+                      layout.state_sharding.params)
+
+
 def jit_steps(layout: Layout, train_step, eval_step):
   """The jitted steps with explicit shardings; the state is donated (updated in place)."""
+  gathered = compute_sharding(layout)
+  train_step = functools.partial(train_step, compute_sharding=gathered)
+  eval_step = functools.partial(eval_step, compute_sharding=gathered)
   replicated = NamedSharding(layout.mesh, P())
   j_train = jax.jit(train_step, in_shardings=(layout.state_sharding, layout.batch_sharding),
                     out_shardings=(layout.state_sharding, replicated), donate_argnums=0)

@@ -64,16 +64,26 @@ def loss_sums(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
           'weight_sum': jnp.sum(weights)}
 
 
+def for_compute(params: PyTree, compute_sharding: PyTree | None) -> PyTree:
+  """jit + FSDP: the params as the model uses them, all-gathered over `fsdp` (ZeRO-3); their
+  gradients flow back to the sharded copy. Without it XLA may all-gather the activations instead."""
+  if compute_sharding is None:
+    return params
+  return jax.lax.with_sharding_constraint(params, compute_sharding)
+
+
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
                tx: optax.GradientTransformation, schedule: optax.Schedule, nan_policy: str = 'stop',
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               axis_name: str | None = None,
+               compute_sharding: PyTree | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update. Returns the new state and this step's scalar metrics (on device)."""
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   if axis_name is not None:  # pmap: each device draws its own dropout masks.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
-    logits = apply_fn({'params': params}, **model_inputs(batch), train=True,
+    logits = apply_fn({'params': for_compute(params, compute_sharding)}, **model_inputs(batch),
+                      train=True,
                       rngs={'dropout': rng})
     sums = loss_sums(logits, batch)
     weight = sums['weight_sum']
@@ -100,9 +110,11 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
 
 
 def eval_step(params: PyTree, batch: dict, *, apply_fn: Callable, num_classes: int | None = None,
-              axis_name: str | None = None) -> dict[str, jax.Array]:
+              axis_name: str | None = None,
+              compute_sharding: PyTree | None = None) -> dict[str, jax.Array]:
   """Sums over one padded eval batch (and a confusion matrix for classifiers)."""
-  logits = apply_fn({'params': params}, **model_inputs(batch), train=False)
+  logits = apply_fn({'params': for_compute(params, compute_sharding)}, **model_inputs(batch),
+                    train=False)
   sums = loss_sums(logits, batch)
   if num_classes is not None:
     preds = jnp.argmax(logits, -1).reshape(-1)
