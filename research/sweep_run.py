@@ -142,6 +142,9 @@ def plan(config: ml_collections.ConfigDict, workdir: str, sweep: sweep_lib.Sweep
   """One manifest entry per point; finished points are marked done (or failed if NaN)."""
   names = sweep_lib.point_names(sweep.points)
   setting_names = sweep_lib.setting_names(sweep.points)
+  # A skipped point keeps what the run that finished it recorded (time, exit code).
+  before = {e['name']: e for e in (read_json(os.path.join(workdir, MANIFEST)) or {}).get(
+      'points', [])}
   entries = []
   for name, setting, point in zip(names, setting_names, sweep.points, strict=True):
     steps = sweep_lib.apply(config, point).num_train_steps
@@ -152,6 +155,9 @@ def plan(config: ml_collections.ConfigDict, workdir: str, sweep: sweep_lib.Sweep
                     'resumed': state == 'resume', 'returncode': None,
                     'error': 'non-finite final eval metrics' if state == 'nonfinite' else None,
                     'wall_seconds': None})
+    if status != 'pending' and name in before:
+      keep = ('returncode', 'wall_seconds') + (('error',) if status == 'failed' else ())
+      entries[-1].update({k: before[name][k] for k in keep if before[name].get(k) is not None})
   return entries
 
 

@@ -192,6 +192,8 @@ def test_skip_resume_and_failure_isolation(tmp_path):
   started = {n: (workdir / n / 'started').read_text() for n in names[1:]}
   assert started == {names[1]: 'xx', names[2]: 'x', names[3]: 'x', names[4]: 'x'}
   assert [e['status'] for e in manifest['points']] == ['done', 'failed', 'done', 'failed', 'done']
+  kept = manifest['points'][2]  # Skipped now; its record from the first run is kept.
+  assert kept['skipped'] and kept['returncode'] == 0 and kept['wall_seconds'] is not None
 
 
 def test_one_sweep_per_folder_and_interrupts_stop_the_points(tmp_path):
