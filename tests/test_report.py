@@ -3,7 +3,7 @@
 import csv
 import json
 import math
-import os
+import struct
 
 import numpy as np
 import pytest
@@ -59,6 +59,19 @@ def sweep_dir(tmp_path):
               'baseline': 'lr=0.001', 'points': entries}
   (tmp_path / 'sweep.json').write_text(json.dumps(manifest))
   return tmp_path
+
+
+def event_tags(path) -> dict[str, str]:
+  """Summary tag -> plugin name in a TensorBoard event file (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2
+
+  data, i, tags = path.read_bytes(), 0, {}
+  while i < len(data):
+    (n,) = struct.unpack('<Q', data[i:i + 8])
+    event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+    tags.update({v.tag: v.metadata.plugin_data.plugin_name for v in event.summary.value})
+    i += 12 + n + 4
+  return tags
 
 
 def welch_by_hand(a, b):
@@ -119,7 +132,9 @@ def test_report_statistics_best_and_failures(sweep_dir):
     return sorted(p.name for p in (sweep_dir / 'hparams').iterdir() if p.is_dir())
 
   assert len(sessions()) == 9 and 'lr=0.003__seed=3' not in sessions()  # Done points only.
-  assert all(os.listdir(sweep_dir / 'hparams' / x) for x in sessions())
+  tags = event_tags(next((sweep_dir / 'hparams' / 'lr=0.003__seed=0').glob('events.*')))
+  assert tags['_hparams_/session_start_info'] == 'hparams'  # What TensorBoard's HParams tab reads.
+  assert 'hparam/final_accuracy' in tags and 'hparam/best_loss' in tags
   before = sessions()
   report.write_report(str(sweep_dir))  # Again: HParams are rewritten, not duplicated.
   assert sessions() == before
