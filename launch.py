@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   quiet_library_info_logs()
   from research.config_checks import ConfigError
-  from research.reliability import RunError
+  from research.reliability import RunError, exit_process, exit_with_error, in_distributed_job
 
   try:
     if FLAGS.sweep:
@@ -106,11 +106,13 @@ def main(argv: list[str]) -> None:
   except ConfigError as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    exit_process(2)
   except RunError as e:  # NaN/Inf, or a checkpoint that cannot be written or read.
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(e.exit_code)
+    exit_with_error(e, e.exit_code)
+  except Exception as e:  # In a multi-process job, name dead peers and never wait on them.
+    if not in_distributed_job():
+      raise
+    exit_with_error(e, 1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

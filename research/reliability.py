@@ -7,13 +7,11 @@ What the train loop gets from here (README, "Reliability", has the table of faul
                processes of a multi-process job, and exit code EXIT_HANG (a hang never idles).
   truncate_jsonl, pending_to_json/pending_from_json
                metrics.jsonl after a resume equals an uninterrupted run's, line for line.
-  Fault        `config.fault_injection = 'KIND@STEP'`: the faults the tests inject (off by default).
+  check_config the reliability keys; returns the Fault the tests inject (research/faults.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import faulthandler
 import json
 import os
@@ -26,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from research.config_checks import ConfigError
+from research.faults import Fault
 
 # Exit codes of launch.py. ConfigError exits 2; a preempted run exits 0 after its checkpoint.
 EXIT_NONFINITE = 3
@@ -184,34 +183,110 @@ class Watchdog:
     self._stop.set()
 
 
-def describe_processes(timeout_s: float = 5.0) -> str:
-  """Which processes of a multi-process job the coordination service still sees alive."""
-  import jax
+HEARTBEAT_KEY = 'research_heartbeat/'
+HEARTBEAT_S = 1.0
+
+
+def _client():
+  """The jax.distributed client of a multi-process job, else None (never starts a backend)."""
   from jax._src import distributed
 
-  count = jax.process_count()
-  client = distributed.global_state.client
-  if count == 1 or client is None:
-    return ''
+  return distributed.global_state.client
+
+
+def in_distributed_job() -> bool:
+  return 'jax' in sys.modules and _client() is not None
+
+
+def start_heartbeat() -> None:
+  """Multi-process jobs: a daemon thread bumps this process's counter in the coordination
+  service's key-value store every HEARTBEAT_S, so `describe_processes` can name a process that
+  stopped. Counters, not clocks: hosts' clocks may disagree. Idempotent."""
+  client = _client()
+  if client is None or getattr(start_heartbeat, 'started', False):
+    return
+  import jax
+
+  key = f'{HEARTBEAT_KEY}{jax.process_index()}'
+
+  def beat():
+    while True:
+      try:
+        client.key_value_increment(key, 1)
+      except Exception:  # noqa: BLE001 - the coordinator is gone; describe_processes says so.
+        return
+      time.sleep(HEARTBEAT_S)
+
+  threading.Thread(target=beat, name='heartbeat', daemon=True).start()
+  start_heartbeat.started = True
+
+
+def _call_with_timeout(fn, timeout_s: float):
+  """fn() in a daemon thread: KV-store calls can block when the coordinator has died."""
   result: dict = {}
 
-  def ask():  # The call can block if the coordinator (process 0) itself is gone.
+  def run():
     try:
-      result['live'] = sorted(client.get_live_nodes(list(range(count))))
+      result['value'] = fn()
     except Exception as e:  # noqa: BLE001
       result['error'] = e
 
-  thread = threading.Thread(target=ask, daemon=True)
+  thread = threading.Thread(target=run, daemon=True)
   thread.start()
   thread.join(timeout_s)
-  me = f'This is process {jax.process_index()} of {count}.'
-  if 'live' in result:
-    dead = sorted(set(range(count)) - set(result['live']))
-    if dead:
-      return f'{me} Process(es) {dead} left the job (died or were killed); live: {result["live"]}.'
-    return f'{me} All processes are alive: one of them is stuck, or a collective is.'
-  why = result.get('error', f'no answer in {timeout_s:g}s')
-  return f'{me} The coordinator (process 0) is unreachable ({why}): it has probably died.'
+  if 'value' not in result:
+    raise TimeoutError(result.get('error', f'no answer in {timeout_s:g}s'))
+  return result['value']
+
+
+def describe_processes(timeout_s: float = 5.0) -> str:
+  """Names the processes of a multi-process job whose heartbeat stopped ('' for one process).
+
+  Reads every counter twice, 3 beats apart; takes about 3 s.
+  """
+  client = _client()
+  if client is None:
+    return ''
+  import jax
+
+  count, me = jax.process_count(), jax.process_index()
+
+  def read() -> dict[int, str]:
+    entries = client.key_value_dir_get(HEARTBEAT_KEY)
+    return {int(k.rstrip('/').rsplit('/', 1)[-1]): v for k, v in entries}
+
+  try:
+    first = _call_with_timeout(read, timeout_s)
+    time.sleep(3 * HEARTBEAT_S)
+    second = _call_with_timeout(read, timeout_s)
+  except Exception as e:  # noqa: BLE001
+    return (f'This is process {me} of {count}. The coordinator (process 0) does not answer '
+            f'({e}): it has probably died.')
+  stopped = [i for i in range(count) if i != me and first.get(i) == second.get(i)]
+  if stopped:
+    return (f'This is process {me} of {count}. Process(es) {stopped} stopped sending heartbeats: '
+            'they died, were killed, or are stuck; see their logs.')
+  return f'This is process {me} of {count}; every process is alive (one may be stuck).'
+
+
+def exit_process(code: int) -> None:
+  """sys.exit, except in a multi-process job: there os._exit, skipping jax.distributed's shutdown
+  barrier, which waits for every process (for a dead one, until the heartbeat timeout)."""
+  if not in_distributed_job():
+    sys.exit(code)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def exit_with_error(e: BaseException, code: int) -> None:
+  """The `error: ...` line (naming dead processes in a multi-process job), then exit_process."""
+  text = str(e) if isinstance(e, RunError) else f'{type(e).__name__}: {e}'
+  if in_distributed_job():
+    text = f'{text.strip()} [{describe_processes()}]'
+  logging.error('%s', text)
+  print(f'error: {text}', file=sys.stderr, flush=True)
+  exit_process(code)
 
 
 # --- Exact resume ----------------------------------------------------------------------------
@@ -262,71 +337,3 @@ def pending_from_json(saved: dict | None) -> list[dict]:
   n = len(next(iter(saved.values()))['values'])
   return [{k: np.asarray(v['values'][i], dtype=v['dtype']) for k, v in saved.items()}
           for i in range(n)]
-
-
-# --- Fault injection (tests) -----------------------------------------------------------------
-
-FAULTS = {
-    'nan': 'the inputs of update STEP are NaN (the loss and gradients follow)',
-    'sigterm': 'SIGTERM to this process right after update STEP',
-    'sigint': 'SIGINT to this process right after update STEP',
-    'sigkill': 'SIGKILL to this process right after update STEP',
-    'hang': 'the loop sleeps forever after update STEP (for the watchdog)',
-    'sigkill_in_save': 'SIGKILL while the checkpoint of step STEP is being written',
-    'enospc_in_save': 'writing the checkpoint of step STEP fails with ENOSPC (disk full)',
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Fault:
-  """`config.fault_injection = 'KIND@STEP'` ('' = none), e.g. 'nan@7'. STEP counts updates from 1.
-
-  Test-only hooks, kept here so the train loop has one call per hook and no test logic.
-  """
-
-  kind: str = ''
-  step: int = -1
-
-  @classmethod
-  def parse(cls, spec: str) -> Fault:
-    if not spec:
-      return cls()
-    kind, _, step = spec.partition('@')
-    if kind not in FAULTS or not step.isdigit() or int(step) < 1:
-      raise ConfigError(f'config.fault_injection={spec!r} must be KIND@STEP with STEP >= 1 and '
-                        f'KIND one of {sorted(FAULTS)}, or "" for none.')
-    return cls(kind, int(step))
-
-  def poison(self, index: int, batch: dict) -> dict:
-    """train_batch(index) feeds update index + 1."""
-    if self.kind != 'nan' or index + 1 != self.step:
-      return batch
-    inputs = batch['inputs']
-    if not np.issubdtype(inputs.dtype, np.floating):
-      raise ConfigError('fault_injection nan@STEP needs float model inputs (e.g. MNIST).')
-    return dict(batch, inputs=np.full_like(inputs, np.nan))
-
-  def after_step(self, step: int) -> None:
-    if step != self.step:
-      return
-    if self.kind in ('sigterm', 'sigint', 'sigkill'):
-      os.kill(os.getpid(), getattr(signal, self.kind.upper()))
-    elif self.kind == 'hang':
-      while True:
-        time.sleep(3600)
-
-  def before_save(self, step: int) -> None:
-    """Arms a failure inside Orbax's (background) write of this step's data item."""
-    if step != self.step or self.kind not in ('sigkill_in_save', 'enospc_in_save'):
-      return
-    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
-
-    kind, original = self.kind, handler.JsonCheckpointHandler._save_fn
-
-    async def failing_save(self_, x, directory):
-      handler.JsonCheckpointHandler._save_fn = original  # One failure only.
-      if kind == 'sigkill_in_save':
-        os.kill(os.getpid(), signal.SIGKILL)
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
-
-    handler.JsonCheckpointHandler._save_fn = failing_save

