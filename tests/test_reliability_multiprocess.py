@@ -1,8 +1,10 @@
-"""A process of a two-process job dies (kill -9): the survivor stops, naming it, within a bound.
+"""Two-process jobs: a process dies (kill -9) or is preempted (SIGTERM) while training.
 
 Two `launch.py` processes on 127.0.0.1 (jax.distributed, gloo CPU collectives, 1 device each)
-train the tiny MNIST MLP; once training is under way one of them is killed. Both cases run at
-once. Every process runs under `timeout -s KILL`, so a regression shows as a failure, not a hang.
+train the tiny MNIST MLP; once training is under way one of them gets the signal. A killed
+process is named by the survivor, which stops within a bound; a preempted one stops both at the
+same step, checkpoint saved. The three jobs run at once, every process under `timeout -s KILL`,
+so a regression shows as a failure, not a hang.
 """
 
 import os
@@ -36,6 +38,10 @@ def python_child(pid: int) -> int:
     return int(f.read().split()[0])
 
 
+CASES = {'kill worker': (1, signal.SIGKILL), 'kill coordinator': (0, signal.SIGKILL),
+         'preempt worker': (1, signal.SIGTERM)}  # case: (process signalled, signal)
+
+
 @pytest.fixture(scope='module')
 def jobs(tmp_path_factory, data_dir):
   ensure_mnist(data_dir)
@@ -44,45 +50,56 @@ def jobs(tmp_path_factory, data_dir):
              JAX_COMPILATION_CACHE_DIR=str(base / 'xla_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   jobs = {}
-  for victim in (0, 1):
-    workdir, port = base / f'victim{victim}', free_port()
-    procs = []
+  for case in CASES:
+    name, port = case.replace(' ', '_'), free_port()
+    job = jobs[case] = {'workdir': str(base / name), 'procs': [], 'logs': []}
     for i in range(2):
-      log = open(base / f'victim{victim}_process{i}.log', 'w')
+      job['logs'].append(base / f'{name}_process{i}.log')
       cmd = ['timeout', '-s', 'KILL', '180', sys.executable, os.path.join(REPO, 'launch.py'),
-             *ARGS, f'--config.data.data_dir={data_dir}', f'--workdir={workdir}',
+             *ARGS, f'--config.data.data_dir={data_dir}', f'--workdir={job["workdir"]}',
              f'--coordinator_address=127.0.0.1:{port}', f'--process_id={i}']
-      procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT), log))
-    jobs[victim] = {'procs': procs, 'workdir': workdir, 'base': base}
-  for victim, job in jobs.items():
+      with open(job['logs'][-1], 'w') as log:
+        job['procs'].append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT))
+  for case, (target, sig) in CASES.items():
+    job = jobs[case]
     wait_for_metrics(os.path.join(job['workdir'], 'metrics.jsonl'), timeout=150)
     time.sleep(0.5)
-    os.kill(python_child(job['procs'][victim][0].pid), signal.SIGKILL)
-    job['killed_at'] = time.monotonic()
-  for victim, job in jobs.items():
-    survivor = 1 - victim
-    proc, log = job['procs'][survivor]
-    job['rc'] = proc.wait(timeout=200)
-    job['seconds'] = time.monotonic() - job['killed_at']
-    job['procs'][victim][0].wait(timeout=30)
-    for _, f in job['procs']:
-      f.close()
-    job['log'] = (job['base'] / f'victim{victim}_process{survivor}.log').read_text()
-  print({v: (j['rc'], round(j['seconds'], 1)) for v, j in jobs.items()})
+    os.kill(python_child(job['procs'][target].pid), sig)
+    job['signalled_at'] = time.monotonic()
+  for case, (target, _) in CASES.items():
+    job = jobs[case]
+    job['rc'] = [None, None]
+    for i in sorted(range(2), key=lambda i: i == target):  # The other process first.
+      job['rc'][i] = job['procs'][i].wait(timeout=200)
+      if i != target:
+        job['seconds'] = time.monotonic() - job['signalled_at']
+    job['log'] = [path.read_text() for path in job['logs']]
+  print({case: (job['rc'], round(job['seconds'], 1)) for case, job in jobs.items()})
   return jobs
 
 
 def test_worker_killed_coordinator_stops_and_names_it(jobs):
-  job = jobs[1]
-  assert job['rc'] not in (0, 124, 137, -signal.SIGKILL), job['log'][-3000:]  # By itself.
+  job = jobs['kill worker']
+  rc, log = job['rc'][0], job['log'][0]
+  assert rc not in (0, 124, 137, -signal.SIGKILL), log[-3000:]  # It stopped by itself.
   assert job['seconds'] < BOUND_S
-  assert 'Process(es) [1] stopped sending heartbeats' in job['log'], job['log'][-3000:]
+  assert 'Process(es) [1] stopped sending heartbeats' in log, log[-3000:]
 
 
 def test_coordinator_killed_worker_stops_and_names_it(jobs):
-  job = jobs[0]
-  assert job['rc'] not in (0, 124, 137, -signal.SIGKILL), job['log'][-3000:]
+  job = jobs['kill coordinator']
+  rc, log = job['rc'][1], job['log'][1]
+  assert rc not in (0, 124, 137, -signal.SIGKILL), log[-3000:]
   assert job['seconds'] < BOUND_S
-  assert ('leader task was preempted/died' in job['log'] or
-          'The coordinator (process 0) does not answer' in job['log']), job['log'][-3000:]
+  assert ('leader task was preempted/died' in log or
+          'The coordinator (process 0) does not answer' in log), log[-3000:]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(jobs):
+  job = jobs['preempt worker']
+  assert job['rc'] == [0, 0], [log[-2000:] for log in job['log']]
+  steps = [int(log.split('after step ')[1].split(':')[0]) for log in job['log']]
+  assert steps[0] == steps[1] and 'Stopped by SIGTERM' in job['log'][1]
+  assert 'Stopped by a stop signal on process 1' in job['log'][0]
+  assert os.path.isdir(os.path.join(job['workdir'], 'checkpoints', str(steps[0])))
