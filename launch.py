@@ -8,6 +8,7 @@ r"""The one entry point.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -47,10 +48,11 @@ def quiet_library_info_logs() -> None:
   """Keeps our INFO lines and drops the libraries' (Orbax logs a dozen lines per save)."""
 
   def keep(record) -> bool:
-    return record.levelno >= logging.WARNING or not any(
+    return record.levelno >= std_logging.WARNING or not any(
         part in record.pathname for part in QUIET_LIBRARIES)
 
-  logging.get_absl_logger().addFilter(keep)
+  logging.get_absl_logger().addFilter(keep)  # absl.logging calls (Orbax, TFDS).
+  logging.get_absl_handler().addFilter(keep)  # Standard-logging records (JAX) reach it too.
 
 
 def join_distributed_job() -> None:
