@@ -27,8 +27,8 @@ def test_train_batches_are_a_pure_function_of_seed_and_step():
 
 
 def test_each_epoch_visits_every_example_once():
-  seen = np.concatenate([pipeline.shuffled_train_batch(_arrays(), s, seed=0, batch_size=5)['targets']
-                         for s in range(4)])  # 20 positions = 2 epochs of 10.
+  batches = [pipeline.shuffled_train_batch(_arrays(), s, seed=0, batch_size=5) for s in range(4)]
+  seen = np.concatenate([b['targets'] for b in batches])  # 20 positions = 2 epochs of 10.
   assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
   assert not np.array_equal(seen[:10], seen[10:])  # A new permutation each epoch.
 

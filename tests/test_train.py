@@ -63,7 +63,8 @@ def test_short_real_run_learns(finished_run):
 def test_same_config_and_seed_give_identical_metrics(finished_run, tmp_path, data_dir):
   workdir, _ = finished_run
   train_and_evaluate(smoke_config(data_dir), str(tmp_path))
-  assert read_jsonl(tmp_path / 'metrics.jsonl') == read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  want = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert read_jsonl(tmp_path / 'metrics.jsonl') == want
 
 
 def test_resume_equals_uninterrupted_run(finished_run, tmp_path, data_dir):
