@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import os
 import socket
 import sys
@@ -50,7 +51,8 @@ def detect_cluster(env: dict | None = None) -> str | None:
     return 'slurm'
   if env.get('TPU_WORKER_HOSTNAMES') or env.get('TPU_PROCESS_ADDRESSES'):
     return 'gke_tpu'
-  if glob.glob('/dev/accel[0-9]*') or glob.glob('/dev/vfio/[0-9]*'):
+  tpu_files = glob.glob('/dev/accel[0-9]*') or glob.glob('/dev/vfio/[0-9]*')
+  if tpu_files and importlib.util.find_spec('libtpu') is not None:
     return 'cloud_tpu'  # A TPU VM; jax reads worker count and id from the metadata server.
   return None
 
@@ -138,7 +140,12 @@ def initialize(req: Request) -> bool:
       jax.distributed.initialize(req.coordinator_address, req.num_processes, req.process_id,
                                  initialization_timeout=req.timeout_s + ABORT_MARGIN_S)
     else:
-      jax.distributed.initialize(initialization_timeout=req.timeout_s + ABORT_MARGIN_S)
+      try:
+        jax.distributed.initialize(initialization_timeout=req.timeout_s + ABORT_MARGIN_S)
+      except ValueError as e:  # jax found no cluster to take the coordinator etc. from.
+        raise ConfigError(f'--distributed={req.mode}: no multi-process environment found ({e}). '
+                          'Pass --coordinator_address, --num_processes and --process_id, '
+                          'or --distributed=off.') from e
   finally:
     watchdog.cancel()
   print(f'distributed: joined as process {jax.process_index()} of {jax.process_count()} in '
