@@ -3,7 +3,9 @@
 jit (default): one mesh over every device of every process with axes (data, fsdp, tensor).
 Parameters carry logical axis names (`nn.with_logical_partitioning` in the models); `RULES` maps
 them to mesh axes, so `fsdp` shards parameters and optimizer state (ZeRO-3) and `tensor` shards
-heads and MLP hidden units (Megatron). The batch is split over (data, fsdp).
+heads and MLP hidden units (Megatron). The batch is split over (data, fsdp). Inside the step the
+params are constrained to their sharding without `fsdp` (`compute_sharding`): weights are
+all-gathered for use, activations stay batch-sharded.
 
 pmap: the state is replicated with a leading local-device axis and the batch split over it.
 
