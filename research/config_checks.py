@@ -20,7 +20,8 @@ def suggest(key: str, choices: list[str]) -> str:
 def check_choice(config: ml_collections.ConfigDict, key: str, choices: list[str]) -> None:
   value = get_dotted(config, key)
   if value not in choices:
-    raise ConfigError(f'config.{key}={value!r} is not one of {choices}.{suggest(str(value), choices)}')
+    hint = suggest(str(value), choices)
+    raise ConfigError(f'config.{key}={value!r} is not one of {choices}.{hint}')
 
 
 def get_dotted(config: ml_collections.ConfigDict, key: str):

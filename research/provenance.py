@@ -1,4 +1,4 @@
-"""What produced a run: commit, package versions, devices and a config hash (WORKDIR/provenance.json)."""
+"""What produced a run: commit, package versions, devices, config hash (WORKDIR/provenance.json)."""
 
 from __future__ import annotations
 

@@ -143,7 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                f'{num_params:,}', jax.devices()[0].device_kind, layout.strategy,
                dict(layout.mesh.shape))
 
-  num_classes = dataset.meta['num_classes'] if dataset.meta.get('task') == 'classification' else None
+  is_classifier = dataset.meta.get('task') == 'classification'
+  num_classes = dataset.meta['num_classes'] if is_classifier else None
   p_train, p_eval = parallel.compile_steps(
       layout,
       functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule,

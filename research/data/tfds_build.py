@@ -44,12 +44,14 @@ def build(name: str, data_dir: str | None, manual_dir: str | None,
   if manual_dir:
     missing = [f for f in required_files if not os.path.exists(os.path.join(manual_dir, f))]
     if not os.path.isdir(manual_dir) or missing:
+      problem = ('does not exist' if not os.path.isdir(manual_dir)
+                 else 'lacks ' + ', '.join(missing))
       raise ConfigError(
           f'Dataset {name!r} is not built in {data_dir} and its manual dir {manual_dir!r} '
-          f'{"does not exist" if not os.path.isdir(manual_dir) else "lacks " + ", ".join(missing)}. '
-          f'Tried: data_dir={data_dir}, manual_dir={manual_dir}. Fix: point '
-          '--config.data.manual_dir at the folder with the source files (see ../shared/data/README.md), '
-          'or set it to "" to let TFDS download them (needs internet).')
+          f'{problem}. Tried: data_dir={data_dir}, manual_dir={manual_dir}. Fix: point '
+          '--config.data.manual_dir at the folder with the source files '
+          '(see ../shared/data/README.md), or set it to "" to let TFDS download them '
+          '(needs internet).')
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   try:
     builder.download_and_prepare(download_config=download_config)
