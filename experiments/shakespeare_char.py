@@ -3,8 +3,10 @@ r"""Character-level GPT on Tiny Shakespeare (nanoGPT's shakespeare_char recipes)
   python launch.py --config=experiments/shakespeare_char.py --workdir=/tmp/lm_cpu \
       --config.data.data_dir=/tmp/tfds
 
-Expected (:cpu, the default; 2-core CPU, measured, see README): validation loss ~1.7x nats/char
-(nanoGPT reports 1.88 for this recipe) in a few minutes. Then sample from it:
+Expected (:cpu, the default; measured on a 2-core CPU shared with other jobs, see README):
+validation loss 1.771 nats/char (2.555 bits/char) after 2000 steps, in 2 min 52 s (nanoGPT
+reports 1.88 for this recipe at lr 1e-3; see the learning-rate note below). Then sample from it
+(500 characters in ~0.1 s after a ~2.5 s compile):
 
   python launch.py --config=experiments/shakespeare_char.py --workdir=/tmp/lm_cpu \
       --mode=sample --prompt=$'ROMEO:' --num_tokens=500
@@ -58,10 +60,13 @@ def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.block_size = 64
 
   c.optimizer.name = 'adamw'
-  c.optimizer.learning_rate = 1e-3
+  # nanoGPT uses 1e-3 here; on this 0.8M-parameter model that gives 1.885 +- 0.006 (3 seeds), just
+  # short of its 1.88. 2e-3, still decayed to a tenth (nanoGPT's min_lr = lr / 10 rule), gives
+  # 1.774 +- 0.008. The :gpu preset keeps 1e-3, as nanoGPT.
+  c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = 'warmup_cosine'
   c.optimizer.warmup_steps = 100
-  c.optimizer.final_lr_ratio = 0.1  # Cosine to 1e-4 at the last step, as nanoGPT's min_lr.
+  c.optimizer.final_lr_ratio = 0.1  # Cosine to a tenth of the peak at the last step (min_lr).
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.99
   c.optimizer.weight_decay = 0.1
@@ -89,6 +94,7 @@ def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
     c.model.max_len = 256
     c.model.dropout_rate = 0.2
     c.model.dtype = 'bfloat16'
+    c.optimizer.learning_rate = 1e-3  # To 1e-4, as nanoGPT.
     c.data.block_size = 256
     c.eval_batch_size = 64
     c.sample.num_tokens = 500

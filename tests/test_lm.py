@@ -1,5 +1,6 @@
 """Decoder-only LM: causality, KV-cache decoding, Tiny Shakespeare data, training and sampling."""
 
+import functools
 import json
 import math
 import os
@@ -33,23 +34,35 @@ def tiny_config(data_dir=None, **model):
 
 def init_params(model, length, seed=0):
   tokens = jnp.zeros((1, length), jnp.int32)
-  return nn.unbox(model.init(jax.random.key(seed), tokens, train=False)['params'])
+  init = jax.jit(lambda: nn.unbox(model.init(jax.random.key(seed), tokens, train=False)['params']))
+  return init()
 
 
-def make_model(block_size=16, **model):
-  config = tiny_config(**model)
-  return models.get_model(config.model, {'vocab_size': VOCAB, 'block_size': block_size})
+# Plain multi-head attention with learned positions, and grouped-query attention (2 query heads
+# per KV head) with rotary positions, scanned and rematerialized layers. A wide init spreads the
+# logits, so greedy choices in the cache test are not float-noise ties.
+VARIANTS = {
+    'mha_learned': {},
+    'gqa_rotary_scan': {'positions': 'rotary', 'num_heads': 4, 'num_kv_heads': 2,
+                        'scan_layers': True, 'remat': 'full'},
+}
 
 
-@pytest.mark.parametrize('options', [{}, {'positions': 'rotary', 'num_kv_heads': 1,
-                                          'scan_layers': True, 'remat': 'full'}])
-def test_future_tokens_do_not_change_earlier_logits(options):
-  model = make_model(block_size=16, max_len=16, **options)
-  params = init_params(model, 16)
+@functools.cache
+def model_and_params(variant):
+  config = tiny_config(max_len=16, init_std=0.5, **VARIANTS[variant])
+  model = models.get_model(config.model, {'vocab_size': VOCAB, 'block_size': 16})
+  return model, init_params(model, 16)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_future_tokens_do_not_change_earlier_logits(variant):
+  model, params = model_and_params(variant)
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, VOCAB)
   changed = tokens.at[:, 9].set((tokens[:, 9] + 7) % VOCAB)
-  apply = jax.jit(lambda t: model.apply({'params': params}, t, train=False))
-  before, after = apply(tokens), apply(changed)
+  logits = jax.jit(lambda t: model.apply({'params': params}, t, train=False))(
+      jnp.concatenate([tokens, changed]))
+  before, after = logits[:2], logits[2:]
   np.testing.assert_array_equal(before[:, :9], after[:, :9])
   assert np.abs(before[:, 9:] - after[:, 9:]).max() > 1e-3  # The change is seen from there on.
 
@@ -71,14 +84,9 @@ def uncached_greedy(model, params, prompt, num_tokens):
   return out
 
 
-@pytest.mark.parametrize('options', [
-    {},
-    {'positions': 'rotary', 'num_heads': 4, 'num_kv_heads': 2, 'scan_layers': True},
-])
-def test_cached_generation_matches_uncached(options):
-  # A wide init spreads the logits, so greedy choices are not float-noise ties.
-  model = make_model(block_size=16, max_len=16, init_std=0.5, **options)
-  params = init_params(model, 16)
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_cached_generation_matches_uncached(variant):
+  model, params = model_and_params(variant)
   prompt = np.array([[5, 17, 42, 8, 30]], np.int32)
   num_tokens = 30  # Past max_len: the cache is rebuilt from a sliding window twice.
   cached = jax.jit(lambda p, x: generate(model, p, x, jax.random.key(0), num_tokens=num_tokens,
@@ -123,7 +131,8 @@ def test_data_windows_and_vocab(data_dir, tmp_path):
   # An untrained model predicts about uniformly: loss ~ ln(65).
   model = models.get_model(config.model, dataset.meta)
   params = init_params(model, config.data.block_size)
-  sums = loss_sums(model.apply({'params': params}, a['inputs'], train=False), a)
+  logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, a['inputs'])
+  sums = loss_sums(logits, a)
   assert abs(float(sums['loss_sum'] / sums['weight_sum']) - math.log(VOCAB)) < 0.1
 
 
