@@ -20,11 +20,15 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (FILE or FILE:PRESET).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and logs go.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'dryrun', 'sample'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'dryrun', 'sample', 'export'],
                   'What to do: train one run; sweep: run get_sweep() of the config file, one '
                   'run per point under WORKDIR/<point>; report: summarize a sweep in WORKDIR; '
                   'dryrun: compile the train step ahead of time and print per-device memory; '
-                  'sample: print text from the latest checkpoint in WORKDIR (language models).')
+                  'sample: print text from the latest checkpoint in WORKDIR (language models); '
+                  'export: write WORKDIR/export/ '
+                  'for inference (params, StableHLO programs, manifest; needs only --workdir).')
+flags.DEFINE_string('checkpoint', 'latest', '--mode=export: latest, best (by '
+                    'config.checkpoint.best_metric) or a step number.')
 flags.DEFINE_string('prompt', '\n', '--mode=sample: text to continue.')
 flags.DEFINE_integer('num_tokens', 500, '--mode=sample: characters to generate.')
 flags.DEFINE_float('temperature', 0.8, '--mode=sample: softmax temperature; 0 = greedy.')
@@ -77,10 +81,10 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f'--sweep conflicts with --mode={FLAGS.mode}.')
       FLAGS.mode = 'sweep'
     if (FLAGS.workdir is None and FLAGS.mode != 'dryrun') or (
-        FLAGS.config is None and FLAGS.mode != 'report'):
+        FLAGS.config is None and FLAGS.mode not in ('report', 'export')):
       raise ConfigError('--config and --workdir are required '
                         '(e.g. --config=experiments/mnist_mlp.py --workdir=/tmp/run); '
-                        '--mode=report needs only --workdir.')
+                        '--mode=report and --mode=export need only --workdir.')
     if FLAGS.mode in ('train', 'dryrun'):
       join_distributed_job()
     if FLAGS.mode == 'train':
@@ -105,6 +109,10 @@ def main(argv: list[str]) -> None:
       from research.report import write_report
 
       write_report(FLAGS.workdir)
+    elif FLAGS.mode == 'export':
+      from research.export import export_workdir, summary
+
+      print(summary(export_workdir(FLAGS.workdir, FLAGS.checkpoint)))
   except ConfigError as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -20,11 +20,13 @@ Nothing here loses work:
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,8 +34,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from research import optimizers
 from research.config_checks import ConfigError
 from research.reliability import CheckpointError
+from research.train_step import init_state
 
 PyTree = Any
 CHECKSUMS = 'state_checksums'  # Key in the JSON data item.
@@ -47,14 +51,33 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoint
     keep.append(policies.BestN(get_metric_fn=lambda m: m[cfg.best_metric],
                                reverse=cfg.best_mode == 'min', n=1,
                                keep_checkpoints_without_metrics=False))
+  # best_fn also makes Orbax write each step's metrics to disk (without it they live only in
+  # memory): BestN after a resume and `best_step()` for export need them.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy(keep),
+      best_fn=(lambda m: m[cfg.best_metric]) if cfg.best_metric else None,
+      best_mode=cfg.best_mode,
       enable_async_checkpointing=cfg.async_save, create=True, cleanup_tmp_directories=True)
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   report_leftovers(directory)
   # Handlers named up front (not just item names) so step metadata can be read before a restore.
   return ocp.CheckpointManager(
       directory, options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()})
+
+
+def open_reader(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """A read-only manager for a finished run: creates, cleans and deletes nothing in WORKDIR.
+
+  `best_fn` is set (from checkpoint.best_metric) so `best_step()` ranks the steps by the eval
+  metrics saved with them; without a best_metric it is the latest step.
+  """
+  best = cfg.get('best_metric') or None
+  options = ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0, cleanup_tmp_directories=False,
+      best_fn=(lambda m: m[best]) if best else None, best_mode=cfg.get('best_mode') or 'max')
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()})
 
 
@@ -284,3 +307,27 @@ def _root(e: BaseException) -> BaseException:
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return (text[0] if text else repr(e))[:600]
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
+                   example: dict, step: int | None = None) -> tuple[int, PyTree]:
+  """(step, params) on one device: the newest checkpoint in WORKDIR that restores, or `step`.
+
+  The whole train state is restored (its checksums cover every array) into an abstract target
+  built from this config's model and optimizer, with `example` (a batch of one) for the shapes.
+  Read-only: nothing in WORKDIR is created or removed.
+  """
+  tx, _ = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
+  abstract = nn.unbox(jax.eval_shape(functools.partial(init_state, model, tx, example,
+                                                       config.seed)))
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = abstract_like(abstract, jax.tree.map(lambda _: one_device, abstract))
+  manager = open_reader(workdir, config.checkpoint)
+  try:
+    restored = restore_latest(manager, target, step)
+  finally:
+    manager.close()
+  if restored is None:
+    raise ConfigError(f'No checkpoint in {manager.directory} restores into the model and optimizer '
+                      'of this config; use the config the run was trained with.')
+  return restored[0], restored[1].params

@@ -20,11 +20,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import checkpointing, models, optimizers
+from research import checkpointing, models
 from research.config_checks import ConfigError
 from research.data.shakespeare import VOCAB_FILE, CharVocab
 from research.models.lm import TransformerLM, decoder, init_cache
-from research.train_step import init_state
 
 
 def window_keep(max_len: int) -> int:
@@ -133,21 +132,8 @@ def make_eval_hook(vocab: CharVocab, sample: ml_collections.ConfigDict):
 def restore_params(config: ml_collections.ConfigDict, workdir: str, model: TransformerLM,
                    block_size: int):
   """(step, params) of the newest checkpoint in WORKDIR that restores into this config's state."""
-  tx, _ = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
   example = {'inputs': np.zeros((1, block_size), np.int32)}
-  abstract = nn.unbox(jax.eval_shape(functools.partial(init_state, model, tx, example,
-                                                       config.seed)))
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = checkpointing.abstract_like(abstract, jax.tree.map(lambda _: one_device, abstract))
-  manager = checkpointing.make_manager(workdir, config.checkpoint)
-  try:
-    restored = checkpointing.restore_latest(manager, target)
-  finally:
-    manager.close()
-  if restored is None:
-    raise ConfigError(f'No checkpoint in {manager.directory} restores into the model and optimizer '
-                      'of this --config; pass the config the run was trained with.')
-  return restored[0], restored[1].params
+  return checkpointing.restore_params(config, workdir, model, example)
 
 
 def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str, *, prompt: str,
