@@ -121,7 +121,7 @@ def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
 
 
 def get_sweep():
-  """Depth x peak learning rate x 2 seeds at the :cpu size; baseline = nanoGPT's recipe (4 layers, 1e-3).
+  """Depth x peak LR x 2 seeds at the :cpu size; baseline = nanoGPT's recipe (4 layers, 1e-3).
 
   python launch.py --config=experiments/shakespeare_char.py:cpu --workdir=/tmp/abl_lm --sweep \
       --config.num_train_steps=600 --config.eval_every_steps=100 --config.sample.num_tokens=0
