@@ -20,12 +20,14 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (FILE or FILE:PRESET).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and logs go.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'dryrun', 'sample', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'dryrun', 'sample', 'benchmark',
+                                     'export'],
                   'What to do: train one run; sweep: run get_sweep() of the config file, one '
                   'run per point under WORKDIR/<point>; report: summarize a sweep in WORKDIR; '
                   'dryrun: compile the train step ahead of time and print per-device memory; '
                   'sample: print text from the latest checkpoint in WORKDIR (language models); '
-                  'export: write WORKDIR/export/ '
+                  'benchmark: compile time, steps/s, FLOPs, MFU, memory, input and loop overhead '
+                  '(table on stdout, WORKDIR/benchmark.json); export: write WORKDIR/export/ '
                   'for inference (params, StableHLO programs, manifest; needs only --workdir).')
 flags.DEFINE_string('checkpoint', 'latest', '--mode=export: latest, best (by '
                     'config.checkpoint.best_metric) or a step number.')
@@ -85,12 +87,16 @@ def main(argv: list[str]) -> None:
       raise ConfigError('--config and --workdir are required '
                         '(e.g. --config=experiments/mnist_mlp.py --workdir=/tmp/run); '
                         '--mode=report and --mode=export need only --workdir.')
-    if FLAGS.mode in ('train', 'dryrun'):
+    if FLAGS.mode in ('train', 'dryrun', 'benchmark'):
       join_distributed_job()
     if FLAGS.mode == 'train':
       from research.train import train_and_evaluate
 
       train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == 'benchmark':
+      from research.benchmark import benchmark
+
+      benchmark(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'dryrun':
       from research.dryrun import dryrun
 

@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
+  c.grad_accum_steps = 1  # Micro-batches per optimizer step (grads summed; batch_size is global).
   c.nan_policy = 'stop'  # 'stop': raise, keep the last good checkpoint. 'skip': drop the update.
   c.progress_bar = True
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
@@ -66,4 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = 'accuracy'  # An eval metric name; '' = none.
   c.checkpoint.best_mode = 'max'  # max | min
   c.checkpoint.async_save = True
+
+  c.benchmark = ml_collections.ConfigDict()  # --mode=benchmark (research/benchmark.py).
+  c.benchmark.warmup_steps = 3  # Untimed steps after compiling (caches, allocator, autotuning).
+  c.benchmark.timed_steps = 20
+  c.benchmark.peak_flops = 0.0  # Per-device peak FLOP/s for MFU; 0 = the device table (GPU/TPU)
+  #                               or a matmul measured in the same run (CPU).
+  c.benchmark.loop_log_intervals = 4  # Full-loop timing: log intervals after the first; 0 = skip.
   return c

@@ -148,7 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   p_train, p_eval = parallel.compile_steps(
       layout,
       functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                        nan_policy=config.nan_policy),
+                        nan_policy=config.nan_policy,
+                        grad_accum_steps=config.get('grad_accum_steps', 1)),
       functools.partial(eval_step, apply_fn=model.apply, num_classes=num_classes))
   writer = MetricWriter(workdir, enabled=is_main)
 
