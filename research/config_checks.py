@@ -52,6 +52,12 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.warmup_steps < 0:
     raise ConfigError('config.optimizer.warmup_steps must be >= 0.')
   check_choice(config, 'nan_policy', ['stop', 'skip'])
+  if config.get('grad_accum_steps') is not None:
+    check_positive(config, 'grad_accum_steps')
+    if config.batch_size % config.grad_accum_steps:
+      raise ConfigError(f'batch_size {config.batch_size} is not divisible by grad_accum_steps '
+                        f'{config.grad_accum_steps} (the batch is cut into that many '
+                        'micro-batches).')
 
 
 def check_workdir(workdir: str) -> None:

@@ -52,7 +52,8 @@ def compile_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset)
   layout = parallel.make_layout(config.parallel, boxed, config.batch_size)
   abstract = nn.unbox(boxed)
   step = functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                           nan_policy=config.nan_policy)
+                           nan_policy=config.nan_policy,
+                           grad_accum_steps=config.get('grad_accum_steps', 1))
   if layout.strategy == 'pmap':
     n = layout.mesh.size  # Every local device: a full copy of the state, 1/n of the local rows.
     p_train, _ = parallel.compile_steps(layout, step, eval_step)

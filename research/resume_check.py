@@ -25,7 +25,8 @@ from research.config_checks import ConfigError
 REFUSED = ('model.', 'data.name', 'optimizer.name')
 HARMLESS = ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
             'progress_bar', 'step_timeout_s', 'fault_injection', 'eval_batch_size', 'nan_policy',
-            'data.data_dir', 'data.manual_dir', 'data.eval_split', 'checkpoint.', 'parallel.')
+            'data.data_dir', 'data.manual_dir', 'data.eval_split', 'checkpoint.', 'parallel.',
+            'benchmark.')
 MISSING = '<absent>'
 
 

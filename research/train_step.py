@@ -9,6 +9,7 @@ Everything else is the same code.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from research.config_checks import ConfigError
 
 PyTree = Any
 MODEL_INPUTS = ('inputs', 'input_mask')  # Batch keys passed to the model; the rest feed the loss.
@@ -74,24 +77,35 @@ def for_compute(params: PyTree, compute_sharding: PyTree | None) -> PyTree:
 
 def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
                tx: optax.GradientTransformation, schedule: optax.Schedule, nan_policy: str = 'stop',
-               axis_name: str | None = None,
+               grad_accum_steps: int = 1, axis_name: str | None = None,
                compute_sharding: PyTree | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update. Returns the new state and this step's scalar metrics (on device)."""
+  """One optimizer update. Returns the new state and this step's scalar metrics (on device).
+
+  With `grad_accum_steps` k > 1 the batch is cut into k micro-batches whose gradients are summed
+  in a `lax.scan` (one micro-batch of activations alive at a time): the same update as one step
+  on the whole batch, up to float summation order (dropout masks differ).
+  """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   if axis_name is not None:  # pmap: each device draws its own dropout masks.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-  def loss_fn(params):
-    logits = apply_fn({'params': for_compute(params, compute_sharding)}, **model_inputs(batch),
-                      train=True,
-                      rngs={'dropout': rng})
-    sums = loss_sums(logits, batch)
-    weight = sums['weight_sum']
-    if axis_name is not None:  # pmap: divide by the global weight, so summed grads are exactly
-      weight = jax.lax.psum(weight, axis_name)  # the jit path's (devices may hold unequal masks).
+  def loss_fn(params, micro_batch, rng, weight):
+    logits = apply_fn({'params': for_compute(params, compute_sharding)},
+                      **model_inputs(micro_batch), train=True, rngs={'dropout': rng})
+    sums = loss_sums(logits, micro_batch)
     return sums['loss_sum'] / weight, sums
 
-  (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # Each (micro-)batch's loss is divided by the whole batch's target weight, so summed gradients
+  # are exactly the big batch's. pmap: by the global weight, so summed grads are exactly the jit
+  # path's (devices may hold unequal masks).
+  weight = jnp.sum(target_weights(batch))
+  if axis_name is not None:
+    weight = jax.lax.psum(weight, axis_name)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, weight=weight), has_aux=True)
+  if grad_accum_steps == 1:
+    (_, sums), grads = grad_fn(state.params, batch, rng)
+  else:
+    grads, sums = accumulate_gradients(grad_fn, state.params, batch, rng, grad_accum_steps)
   if axis_name is not None:
     grads, sums = jax.lax.psum((grads, sums), axis_name)
   metrics = {'loss': sums['loss_sum'] / sums['weight_sum'],
@@ -107,6 +121,35 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
                  learning_rate=schedule(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
+
+
+def micro_batches(batch: dict, steps: int) -> dict:
+  """(steps, B/steps, ...): micro-batch i holds rows i, i + steps, i + 2 * steps, ... so each
+  device's contiguous share of the rows splits evenly over the micro-batches (no rows move)."""
+  rows = next(iter(batch.values())).shape[0]
+  if rows % steps:
+    raise ConfigError(f'grad_accum_steps={steps} does not divide the {rows} rows of the batch '
+                      'each device program sees (the global batch under jit, one device\'s share '
+                      'under pmap); use a batch size divisible by it (times the device count).')
+  return jax.tree.map(
+      lambda x: x.reshape((rows // steps, steps) + x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def accumulate_gradients(grad_fn: Callable, params: PyTree, batch: dict, rng: jax.Array,
+                         steps: int) -> tuple[PyTree, dict[str, jax.Array]]:
+  """Sums (grads, loss sums) of `grad_fn(params, micro_batch, rng)` over `steps` micro-batches."""
+  micro = micro_batches(batch, steps)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (_, sums_shape), grads_shape = jax.eval_shape(grad_fn, params, first, rng)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
+
+  def body(acc, i_and_batch):
+    i, micro_batch = i_and_batch
+    (_, sums), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+    return jax.tree.map(jnp.add, acc, (grads, sums)), None
+
+  (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(steps), micro))
+  return grads, sums
 
 
 def eval_step(params: PyTree, batch: dict, *, apply_fn: Callable, num_classes: int | None = None,

@@ -1,0 +1,333 @@
+r"""--mode=benchmark: how fast one experiment config trains, and how close to the hardware's peak.
+
+  python launch.py --config=experiments/shakespeare_char.py:cpu --workdir=/tmp/bench \
+      --mode=benchmark --config.data.data_dir=/tmp/tfds
+
+It builds the train step exactly as the train loop does (data, model, optimizer, layout,
+`parallel.compile_steps`' jitted/pmapped step with the state donated), compiles it ahead of time,
+and measures:
+  compile      trace + lower, and XLA compile, in seconds.
+  bare step    `benchmark.timed_steps` steps after `benchmark.warmup_steps` untimed ones, on
+               batches already on the devices, timed from dispatch to `block_until_ready`.
+  FLOPs        model FLOPs per step counted analytically (research/flops.py states the formulas),
+               next to what XLA's cost model counts in the compiled program.
+  MFU          achieved model FLOP/s over the devices' peak: `benchmark.peak_flops` if set, else
+               the dense bf16 table by device kind (GPU/TPU), else (CPU) a large matmul of the
+               compute dtype timed in this same run, so the peak sees the same machine load.
+  memory       XLA's per-device peak estimate from `compiled.memory_analysis()` (and the
+               allocator's peak where the backend reports one).
+  input        host time to make and copy one batch (the loop prefetches it on a thread), and the
+               share of loop time the loop spent waiting for it.
+  full loop    `research.train.train_and_evaluate` itself, in WORKDIR/loop_run (deleted after),
+               for `benchmark.loop_log_intervals` log intervals after the first (which compiles);
+               its steps/s against the bare step's is the loop's overhead (logging, metrics,
+               input). Eval and checkpoints run only at its last step, outside the timed intervals.
+One table goes to stdout and everything to WORKDIR/benchmark.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research import config_checks, data, flops, models, optimizers, parallel
+from research.config_checks import ConfigError
+from research.train_step import eval_step, init_state, train_step
+
+PyTree = Any
+CPU_MATMUL_SIZE = 2048  # Reaches the BLAS peak on a few cores, and is quick.
+ACCELERATOR_MATMUL_SIZE = 8192
+
+
+def check_benchmark_config(config: ml_collections.ConfigDict) -> None:
+  config_checks.check_positive(config, 'benchmark.timed_steps')
+  for key in ('warmup_steps', 'loop_log_intervals'):
+    value = config.benchmark[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f'config.benchmark.{key} must be an integer >= 0, got {value!r}.')
+  peak = config.benchmark.peak_flops
+  if not isinstance(peak, (int, float)) or peak < 0:
+    raise ConfigError(f'config.benchmark.peak_flops must be a FLOP/s number >= 0 (0 = the device '
+                      f'table or, on CPU, a matmul measured in the run), got {peak!r}.')
+
+
+def build_step(config: ml_collections.ConfigDict, dataset: data.Dataset):
+  """(jitted or pmapped train step, fresh state in its layout, layout, number of parameters), as
+  train.py builds them."""
+  model = models.get_model(config.model, dataset.meta)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
+  example = {k: v[:1] for k, v in dataset.train_batch(0).items()}
+  init = functools.partial(init_state, model, tx, example, config.seed)
+  boxed = jax.eval_shape(init)
+  layout = parallel.make_layout(config.parallel, boxed, config.batch_size)
+  step = functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
+                           nan_policy=config.nan_policy,
+                           grad_accum_steps=config.get('grad_accum_steps', 1))
+  if layout.strategy == 'pmap':
+    p_train, _ = parallel.compile_steps(layout, step, eval_step)
+  else:  # The un-wrapped jit (compile_steps wraps it in the mesh context), so it can `.lower`.
+    p_train, _ = parallel.jit_steps(layout, step, eval_step)
+  state = jax.jit(lambda: nn.unbox(init()), out_shardings=layout.state_sharding)()
+  num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(boxed).params))
+  return p_train, layout.to_strategy(state), layout, num_params
+
+
+def compile_step(p_train, state: PyTree, batch: dict, layout: parallel.Layout):
+  """AOT-compiles the step for these arguments: (compiled, trace+lower seconds, XLA seconds)."""
+  t0 = time.perf_counter()
+  with parallel.mesh_context(layout):
+    lowered = p_train.lower(state, batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, t1 - t0, time.perf_counter() - t1
+
+
+def run_steps(step, state: PyTree, batches: list[dict], num_steps: int) -> PyTree:
+  """`num_steps` steps, returned only once they have finished on the devices."""
+  from research.train import one_program_in_flight
+
+  block_each = one_program_in_flight()  # Fake CPU devices deadlock with programs queued ahead.
+  metrics = None
+  for i in range(num_steps):
+    state, metrics = step(state, batches[i % len(batches)])
+    if block_each:
+      jax.block_until_ready(metrics)
+  jax.block_until_ready((state, metrics))
+  return state
+
+
+def time_input(dataset: data.Dataset, layout: parallel.Layout, num_steps: int = 5) -> float:
+  """Seconds to make one batch on the host and copy it to the devices (done serially here)."""
+  t0 = time.perf_counter()
+  for s in range(num_steps):
+    jax.block_until_ready(layout.put_batch(dataset.train_batch(s)))
+  return (time.perf_counter() - t0) / num_steps
+
+
+def matmul_flops_per_second(dtype: str, size: int, repeats: int = 5) -> float:
+  """Best FLOP/s of a jitted size^3 matmul in `dtype` on the first local device."""
+  device = jax.local_devices()[0]
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * size**3 / best
+
+
+def peak_flops(config: ml_collections.ConfigDict) -> tuple[float | None, str]:
+  """(peak FLOP/s of all devices together, where the figure comes from)."""
+  devices = jax.devices()
+  kind, dtype = devices[0].device_kind, config.model.get('dtype', 'float32')
+  if config.benchmark.peak_flops:
+    return config.benchmark.peak_flops * len(devices), (
+        f'config.benchmark.peak_flops {config.benchmark.peak_flops:.4g} x {len(devices)} devices')
+  if devices[0].platform == 'cpu':
+    # Fake CPU devices share the host's cores, and one matmul already uses them all: the
+    # measured figure is the whole host's peak, whatever the device count.
+    peak = matmul_flops_per_second(dtype, CPU_MATMUL_SIZE)
+    return peak, f'{dtype} {CPU_MATMUL_SIZE}^3 matmul measured in this run (whole host)'
+  per_device = flops.table_peak_flops(kind)
+  if per_device is not None:
+    return per_device * len(devices), (f'dense bf16 table peak for {kind!r}: {per_device:.4g} x '
+                                       f'{len(devices)} devices')
+  measured = matmul_flops_per_second(dtype, ACCELERATOR_MATMUL_SIZE)
+  return measured * len(devices), (
+      f'{kind!r} is not in research/flops.py PEAK_BF16_FLOPS: a {dtype} '
+      f'{ACCELERATOR_MATMUL_SIZE}^3 matmul measured here x {len(devices)} devices (set '
+      'config.benchmark.peak_flops for the data-sheet figure)')
+
+
+def memory(compiled) -> dict:
+  """Per-device bytes of the compiled step (XLA's estimate) and the allocator's peak, if known."""
+  out = {}
+  try:
+    mem = compiled.memory_analysis()
+  except NotImplementedError:
+    mem = None
+  if mem is not None:
+    out.update(
+        arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
+        donated=mem.alias_size_in_bytes, temp=mem.temp_size_in_bytes,
+        peak_estimate=(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                       - mem.alias_size_in_bytes + mem.temp_size_in_bytes))
+  stats = jax.local_devices()[0].memory_stats() or {}  # GPU/TPU allocators; None on CPU.
+  out['allocator_peak'] = stats.get('peak_bytes_in_use')
+  return out
+
+
+def time_loop(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """Steps/s of train_and_evaluate's own loop over the timed log intervals, and its input wait."""
+  from research.train import train_and_evaluate
+
+  intervals = config.benchmark.loop_log_intervals
+  if not intervals:
+    return None
+  loop_config = config.copy_and_resolve_references()
+  total = config.log_every_steps * (intervals + 1)
+  loop_config.num_train_steps = total
+  loop_config.eval_every_steps = loop_config.checkpoint_every_steps = total
+  loop_config.progress_bar = False
+  loop_config.wandb.project = ''
+  if 'sample' in loop_config:
+    loop_config.sample.num_tokens = 0
+  sub = os.path.join(workdir, 'loop_run')
+  shutil.rmtree(sub, ignore_errors=True)
+  try:
+    train_and_evaluate(loop_config, sub)
+    with open(os.path.join(sub, 'perf.jsonl')) as f:
+      lines = [json.loads(line) for line in f]
+  finally:
+    if jax.process_index() == 0:
+      shutil.rmtree(sub, ignore_errors=True)
+  timed = lines[1:]  # The first interval includes compiling the step.
+  seconds = [config.log_every_steps / line['steps_per_sec'] for line in timed]
+  return {'steps': config.log_every_steps * len(timed), 'seconds': sum(seconds),
+          'steps_per_sec': config.log_every_steps * len(timed) / sum(seconds),
+          'input_wait_frac': sum(w['input_wait_frac'] * s for w, s in zip(timed, seconds,
+                                                                          strict=True))
+                             / sum(seconds),
+          'log_every_steps': config.log_every_steps}
+
+
+def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Measures the train step (and loop); prints the table and writes WORKDIR/benchmark.json."""
+  config_checks.check_train_config(config)
+  check_benchmark_config(config)
+  config_checks.check_workdir(workdir)
+  load_start = os.getloadavg()[0]
+  dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
+  p_train, state, layout, num_params = build_step(config, dataset)
+  bench = config.benchmark
+  batches = [layout.put_batch(dataset.train_batch(s)) for s in range(min(bench.timed_steps, 4))]
+  compiled, lower_s, compile_s = compile_step(p_train, state, batches[0], layout)
+  peak, peak_source = peak_flops(config)
+  state = run_steps(compiled, state, batches, bench.warmup_steps)
+  t0 = time.perf_counter()
+  state = run_steps(compiled, state, batches, bench.timed_steps)
+  step_s = (time.perf_counter() - t0) / bench.timed_steps
+  if jax.devices()[0].platform == 'cpu' and not bench.peak_flops:  # Once more, after the steps:
+    peak = max(peak, matmul_flops_per_second(config.model.get('dtype', 'float32'),
+                                             CPU_MATMUL_SIZE))  # the best of two, as the step's.
+  del state
+  input_s = time_input(dataset, layout)
+  loop = time_loop(config, workdir)
+
+  shapes = {k: list(v.shape) for k, v in dataset.train_batch(0).items()}
+  global_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
+                  for k, v in dataset.train_batch(0).items()}
+  counted = flops.train_step_flops(config.model, dataset.meta, global_batch)
+  model_flops, formula = counted if counted else (None, 'no formula for this model')
+  xla = flops.xla_flops(compiled)
+  # The compiled program is one device's: pmap's runs once per device, and jit's SPMD program is
+  # partitioned per device too (a replicated computation is counted on each).
+  xla_total = xla * jax.device_count() if xla is not None else None
+  tokens = (config.batch_size * dataset.meta['block_size']
+            if dataset.meta.get('task') == 'lm' else None)
+  achieved = model_flops / step_s if model_flops else None
+  report = {
+      'model': config.model.name, 'dataset': config.data.name,
+      'num_params': int(num_params),
+      'global_batch': config.batch_size, 'grad_accum_steps': config.get('grad_accum_steps', 1),
+      'host_batch_shapes': shapes, 'tokens_per_step': tokens,
+      'dtype': config.model.get('dtype', 'float32'),
+      'param_dtype': config.model.get('param_dtype', 'float32'),
+      'platform': jax.devices()[0].platform, 'device_kind': jax.devices()[0].device_kind,
+      'devices': jax.device_count(), 'processes': jax.process_count(),
+      'strategy': layout.strategy, 'mesh': dict(layout.mesh.shape),
+      'lower_seconds': lower_s, 'compile_seconds': compile_s,
+      'warmup_steps': bench.warmup_steps, 'timed_steps': bench.timed_steps,
+      'step_seconds': step_s, 'steps_per_sec': 1.0 / step_s,
+      'examples_per_sec': config.batch_size / step_s,
+      'tokens_per_sec': tokens / step_s if tokens else None,
+      'model_flops_per_step': model_flops, 'flops_formula': formula,
+      'xla_flops_per_step': xla_total,
+      'model_over_xla_flops': model_flops / xla_total if model_flops and xla_total else None,
+      # XLA's cost analysis counts a while loop's body once, whatever its trip count.
+      'xla_counts_one_loop_iteration': bool(config.model.get('scan_layers', False)
+                                            or config.get('grad_accum_steps', 1) > 1),
+      'achieved_flops_per_sec': achieved,
+      'peak_flops_per_sec': peak, 'peak_source': peak_source,
+      'mfu': achieved / peak if achieved and peak else None,
+      'memory_per_device_bytes': memory(compiled),
+      'input_seconds_per_batch': input_s, 'loop': loop,
+      'loop_overhead_frac': 1.0 - loop['steps_per_sec'] * step_s if loop else None,
+      'load_average_1min': {'start': load_start, 'end': os.getloadavg()[0]},
+      'jax_version': jax.__version__,
+  }
+  if jax.process_index() == 0:
+    print(format_report(report), flush=True)
+    with open(os.path.join(workdir, 'benchmark.json'), 'w') as f:
+      json.dump(report, f, indent=2, default=lambda x: np.asarray(x).tolist())
+  return report
+
+
+def _si(x: float | None, unit: str) -> str:
+  if x is None:
+    return 'n/a'
+  for scale, prefix in ((1e15, 'P'), (1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+    if abs(x) >= scale:
+      return f'{x / scale:.3g} {prefix}{unit}'
+  return f'{x:.3g} {unit}'
+
+
+def format_report(r: dict) -> str:
+  mib = lambda b: 'n/a' if b is None else f'{b / 2**20:,.1f} MiB'
+  pct = lambda x: 'n/a' if x is None else f'{100 * x:.1f}%'
+  mem = r['memory_per_device_bytes']
+  mesh = ' x '.join(f'{k}={v}' for k, v in r['mesh'].items())
+  speed = f'{r["steps_per_sec"]:.3g} steps/s, {r["examples_per_sec"]:,.0f} examples/s'
+  if r['tokens_per_sec']:
+    speed += f', {r["tokens_per_sec"]:,.0f} tokens/s'
+  rows = [
+      ('compile', f'{r["lower_seconds"] + r["compile_seconds"]:.2f} s (trace + lower '
+                  f'{r["lower_seconds"]:.2f} s, XLA {r["compile_seconds"]:.2f} s)'),
+      ('step (bare)', f'{1e3 * r["step_seconds"]:.2f} ms: {speed} ({r["timed_steps"]} timed '
+                      f'steps after {r["warmup_steps"]} warm-up)'),
+      ('model FLOPs/step', f'{_si(r["model_flops_per_step"], "FLOP")}: {r["flops_formula"]}'),
+      ('XLA FLOPs/step', f'{_si(r["xla_flops_per_step"], "FLOP")} (cost analysis, all ops and '
+                         f'recomputation; model/XLA = '
+                         + (f'{r["model_over_xla_flops"]:.2f})' if r['model_over_xla_flops']
+                            else 'n/a)')
+                         + ('; scanned layers / micro-batches are counted once, so it is low'
+                            if r['xla_counts_one_loop_iteration'] else '')),
+      ('achieved', f'{_si(r["achieved_flops_per_sec"], "FLOP/s")} (model FLOPs)'),
+      ('peak', f'{_si(r["peak_flops_per_sec"], "FLOP/s")}: {r["peak_source"]}'),
+      ('MFU', pct(r['mfu'])),
+      ('memory/device', f'{mib(mem.get("peak_estimate"))} XLA peak estimate (arguments '
+                        f'{mib(mem.get("arguments"))} + outputs {mib(mem.get("outputs"))} - '
+                        f'donated {mib(mem.get("donated"))} + temp {mib(mem.get("temp"))}); '
+                        f'allocator peak {mib(mem.get("allocator_peak"))}'),
+      ('input', f'{1e3 * r["input_seconds_per_batch"]:.2f} ms/batch to make and copy '
+                '(prefetched on a thread in the loop)'),
+  ]
+  loop = r['loop']
+  if loop:
+    rows.append(('full loop', f'{loop["steps_per_sec"]:.3g} steps/s over {loop["steps"]} steps at '
+                              f'log_every_steps={loop["log_every_steps"]}: overhead '
+                              f'{pct(r["loop_overhead_frac"])} vs the bare step; waited for '
+                              f'input {pct(loop["input_wait_frac"])} of loop time'))
+  else:
+    rows.append(('full loop', 'not run (config.benchmark.loop_log_intervals=0)'))
+  load = r['load_average_1min']
+  rows.append(('load average', f'{load["start"]:.2f} at start, {load["end"]:.2f} at end (1 min)'))
+  head = (f'benchmark: {r["model"]} on {r["dataset"]}, {r["num_params"]:,} params, global batch '
+          f'{r["global_batch"]} {r["host_batch_shapes"].get("inputs")}, grad_accum '
+          f'{r["grad_accum_steps"]}, {r["dtype"]} compute / {r["param_dtype"]} params; '
+          f'{r["devices"]} x {r["device_kind"]} ({r["platform"]}), {r["strategy"]} mesh {mesh}')
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join([head] + [f'  {k:<{width}}  {v}' for k, v in rows])
