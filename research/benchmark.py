@@ -45,7 +45,7 @@ from research.config_checks import ConfigError
 from research.train_step import eval_step, init_state, train_step
 
 PyTree = Any
-CPU_MATMUL_SIZE = 2048  # Reaches the BLAS peak on a few cores, and is quick.
+CPU_MATMUL_SIZES = (1024, 2048)  # The best of them reaches the BLAS peak on a few cores, quickly.
 ACCELERATOR_MATMUL_SIZE = 8192
 
 
@@ -114,42 +114,49 @@ def time_input(dataset: data.Dataset, layout: parallel.Layout, num_steps: int = 
   return (time.perf_counter() - t0) / num_steps
 
 
-def matmul_flops_per_second(dtype: str, size: int, repeats: int = 5) -> float:
-  """Best FLOP/s of a jitted size^3 matmul in `dtype` on the first local device."""
+def matmul_peak(dtype: str, sizes: tuple[int, ...], repeats: int = 4) -> tuple[float, float]:
+  """Best (FLOP/s, FLOP per CPU-second of this process) of jitted size^3 matmuls in `dtype` on
+  the first local device. CPU time does not grow when other processes share the cores."""
   device = jax.local_devices()[0]
-  keys = jax.random.split(jax.random.key(0))
-  a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
   matmul = jax.jit(jnp.matmul)
-  matmul(a, b).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+  best_wall = best_cpu = 0.0
+  for size in sizes:
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
     matmul(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * size**3 / best
+    for _ in range(repeats):
+      t0, c0 = time.perf_counter(), time.process_time()
+      matmul(a, b).block_until_ready()
+      wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+      best_wall = max(best_wall, 2.0 * size**3 / wall)
+      best_cpu = max(best_cpu, 2.0 * size**3 / max(cpu, 1e-9))
+  return best_wall, best_cpu
 
 
-def peak_flops(config: ml_collections.ConfigDict) -> tuple[float | None, str]:
-  """(peak FLOP/s of all devices together, where the figure comes from)."""
+def peak_flops(config: ml_collections.ConfigDict) -> tuple[float | None, str, float | None]:
+  """(peak FLOP/s of all devices together, where the figure comes from, and on CPU the peak FLOP
+  per CPU-second of a matmul measured in this run)."""
   devices = jax.devices()
   kind, dtype = devices[0].device_kind, config.model.get('dtype', 'float32')
   if config.benchmark.peak_flops:
     return config.benchmark.peak_flops * len(devices), (
-        f'config.benchmark.peak_flops {config.benchmark.peak_flops:.4g} x {len(devices)} devices')
+        f'config.benchmark.peak_flops {config.benchmark.peak_flops:.4g} x {len(devices)} '
+        'devices'), None
   if devices[0].platform == 'cpu':
     # Fake CPU devices share the host's cores, and one matmul already uses them all: the
     # measured figure is the whole host's peak, whatever the device count.
-    peak = matmul_flops_per_second(dtype, CPU_MATMUL_SIZE)
-    return peak, f'{dtype} {CPU_MATMUL_SIZE}^3 matmul measured in this run (whole host)'
+    peak, per_cpu_second = matmul_peak(dtype, CPU_MATMUL_SIZES)
+    sizes = '/'.join(map(str, CPU_MATMUL_SIZES))
+    return peak, f'best {dtype} {sizes}^3 matmul measured in this run (whole host)', per_cpu_second
   per_device = flops.table_peak_flops(kind)
   if per_device is not None:
     return per_device * len(devices), (f'dense bf16 table peak for {kind!r}: {per_device:.4g} x '
-                                       f'{len(devices)} devices')
-  measured = matmul_flops_per_second(dtype, ACCELERATOR_MATMUL_SIZE)
+                                       f'{len(devices)} devices'), None
+  measured, _ = matmul_peak(dtype, (ACCELERATOR_MATMUL_SIZE,))
   return measured * len(devices), (
       f'{kind!r} is not in research/flops.py PEAK_BF16_FLOPS: a {dtype} '
       f'{ACCELERATOR_MATMUL_SIZE}^3 matmul measured here x {len(devices)} devices (set '
-      'config.benchmark.peak_flops for the data-sheet figure)')
+      'config.benchmark.peak_flops for the data-sheet figure)'), None
 
 
 def memory(compiled) -> dict:
@@ -215,14 +222,15 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bench = config.benchmark
   batches = [layout.put_batch(dataset.train_batch(s)) for s in range(min(bench.timed_steps, 4))]
   compiled, lower_s, compile_s = compile_step(p_train, state, batches[0], layout)
-  peak, peak_source = peak_flops(config)
+  peak, peak_source, peak_per_cpu_second = peak_flops(config)
   state = run_steps(compiled, state, batches, bench.warmup_steps)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   state = run_steps(compiled, state, batches, bench.timed_steps)
   step_s = (time.perf_counter() - t0) / bench.timed_steps
-  if jax.devices()[0].platform == 'cpu' and not bench.peak_flops:  # Once more, after the steps:
-    peak = max(peak, matmul_flops_per_second(config.model.get('dtype', 'float32'),
-                                             CPU_MATMUL_SIZE))  # the best of two, as the step's.
+  cpu_step_s = (time.process_time() - c0) / bench.timed_steps
+  if peak_per_cpu_second:  # CPU: measured once more after the steps, the best of both kept.
+    again = matmul_peak(config.model.get('dtype', 'float32'), CPU_MATMUL_SIZES)
+    peak, peak_per_cpu_second = max(peak, again[0]), max(peak_per_cpu_second, again[1])
   del state
   input_s = time_input(dataset, layout)
   loop = time_loop(config, workdir)
@@ -263,6 +271,12 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'achieved_flops_per_sec': achieved,
       'peak_flops_per_sec': peak, 'peak_source': peak_source,
       'mfu': achieved / peak if achieved and peak else None,
+      # CPU only: the same ratio in CPU time (this process's, all threads), which other processes
+      # on a shared host do not inflate as they do wall time.
+      'cpu_seconds_per_step': cpu_step_s if peak_per_cpu_second else None,
+      'peak_flops_per_cpu_second': peak_per_cpu_second,
+      'mfu_cpu_time': (model_flops / cpu_step_s / peak_per_cpu_second
+                       if model_flops and peak_per_cpu_second else None),
       'memory_per_device_bytes': memory(compiled),
       'input_seconds_per_batch': input_s, 'loop': loop,
       'loop_overhead_frac': 1.0 - loop['steps_per_sec'] * step_s if loop else None,
@@ -307,7 +321,10 @@ def format_report(r: dict) -> str:
                             if r['xla_counts_one_loop_iteration'] else '')),
       ('achieved', f'{_si(r["achieved_flops_per_sec"], "FLOP/s")} (model FLOPs)'),
       ('peak', f'{_si(r["peak_flops_per_sec"], "FLOP/s")}: {r["peak_source"]}'),
-      ('MFU', pct(r['mfu'])),
+      ('MFU', pct(r['mfu']) + (
+          f' (in CPU time: {pct(r["mfu_cpu_time"])}; {r["cpu_seconds_per_step"]:.3g} CPU-s/step, '
+          f'peak {_si(r["peak_flops_per_cpu_second"], "FLOP")} per CPU-s)'
+          if r['mfu_cpu_time'] else '')),
       ('memory/device', f'{mib(mem.get("peak_estimate"))} XLA peak estimate (arguments '
                         f'{mib(mem.get("arguments"))} + outputs {mib(mem.get("outputs"))} - '
                         f'donated {mib(mem.get("donated"))} + temp {mib(mem.get("temp"))}); '

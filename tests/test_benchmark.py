@@ -31,8 +31,9 @@ def test_peak_table_by_device_kind(kind, peak):
 def test_peak_override_is_per_device():
   config = shakespeare_char.get_config('tiny')
   config.benchmark.peak_flops = 1e12
-  peak, source = benchmark.peak_flops(config)
+  peak, source, per_cpu_second = benchmark.peak_flops(config)
   assert peak == 1e12 * jax.device_count() and 'config.benchmark.peak_flops' in source
+  assert per_cpu_second is None
 
 
 def matmul_weights(params) -> int:
@@ -159,6 +160,7 @@ def test_benchmark_reports_and_writes_json(data_dir, tmp_path, capsys):
   assert saved['model_flops_per_step'] == report['model_flops_per_step'] > 0
   assert saved['tokens_per_sec'] == pytest.approx(16 * 32 * saved['steps_per_sec'])
   assert 0 < saved['mfu'] < 1 and saved['peak_source'].endswith('(whole host)')
+  assert 0 < saved['mfu_cpu_time'] < 1 and saved['cpu_seconds_per_step'] > 0
   assert saved['loop']['steps'] == 5 and 0 <= saved['loop']['input_wait_frac'] < 1
   assert saved['memory_per_device_bytes']['peak_estimate'] > 0
   assert not os.path.exists(tmp_path / 'loop_run')  # The loop's scratch run is removed.
