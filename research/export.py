@@ -14,8 +14,13 @@ Params come from the Orbax checkpoint, restored (checksums verified) into an abs
 built from WORKDIR/config.json, so no data is read and nothing in WORKDIR changes but export/
 (built in a temporary folder, moved into place only when complete).
 
+Why safetensors for the params: a flat name -> tensor file with a JSON header that numpy, torch,
+JAX and Rust read without this project, flax or pickle, memory-mappable, bfloat16 included. Flax's
+msgpack (`flax.serialization`) needs flax (or a msgpack decoder that knows its ndarray extension)
+to read and keeps no header to inspect.
+
 Adding a dataset is one `DataSpec` (the model meta it implies, without loading data, and the
-inputs' signature); adding a task is one entry in PROGRAMS.
+inputs' signature); adding a task is one builder in export_programs.PROGRAMS.
 """
 
 from __future__ import annotations
@@ -37,22 +42,25 @@ import ml_dtypes
 import numpy as np
 import safetensors
 import safetensors.numpy
-from absl import logging
-from jax import export as jax_export
 
 from research import checkpointing, models, provenance
 from research.config_checks import ConfigError
-from research.reliability import RunError
+from research.export_programs import (
+  CHECK_BATCH,
+  PROGRAMS,
+  Signature,
+  check_program,
+  describe,
+  export_program,
+  random_inputs,
+  results_tree,
+)
 
 PyTree = Any
 EXPORT_DIR = 'export'
 PARAMS_FILE = 'params.safetensors'
 MANIFEST_FILE = 'manifest.json'
 PROGRAM_SUFFIX = '.jaxexport'
-# Lowered for every platform jax.export supports here, so the same file serves a CPU or GPU/TPU
-# process (the check below runs only on the exporting machine's backend).
-PLATFORMS = ('cpu', 'cuda', 'tpu')
-CHECK_BATCH = 3  # The export's own check runs each program at this (untraced) batch size.
 SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
                       'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
                       'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'U16': np.uint16,
@@ -106,24 +114,40 @@ class DataSpec:
   """
 
   meta: Callable[[ml_collections.ConfigDict, str], dict]
-  inputs: Callable[[dict, Any], tuple[dict[str, tuple[str, str]], tuple[str, ...]]]
+  inputs: Callable[[dict, Any], tuple[Signature, tuple[str, ...]]]
   assets: tuple[str, ...] = ()
   labels: tuple[str, ...] = ()
   preprocess: str = ''
 
 
-def _mnist_meta(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  return {'task': 'classification', 'num_classes': 10, 'input_shape': [28, 28, 1]}
+def _fixed_meta(num_classes: int, input_shape: list[int]):
+  """Array classifiers: the meta is a constant of the dataset."""
+  return lambda config, workdir: {'task': 'classification', 'num_classes': num_classes,
+                                  'input_shape': input_shape}
+
+
+def _vocab_path(workdir: str) -> str:
+  path = os.path.join(workdir, 'vocab.json')
+  if not os.path.exists(path):
+    raise ConfigError(f'{path} is missing: the export needs the vocabulary saved by training.')
+  return path
 
 
 def _shakespeare_meta(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  from research.data.shakespeare import VOCAB_FILE, CharVocab
+  from research.data.shakespeare import CharVocab
 
-  path = os.path.join(workdir, VOCAB_FILE)
-  if not os.path.exists(path):
-    raise ConfigError(f'{path} is missing: the export needs the vocabulary saved by training.')
-  return {'task': 'lm', 'vocab_size': len(CharVocab.load(path)),
+  return {'task': 'lm', 'vocab_size': len(CharVocab.load(_vocab_path(workdir))),
           'block_size': config.data.block_size}
+
+
+def _sst2_meta(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  from research.data.word_vocab import WordVocab
+
+  if config.data.objective != 'classification':
+    raise ConfigError(f'This is a data.objective={config.data.objective!r} run; export serves '
+                      'classifiers (export the fine-tuned classifier run instead).')
+  return {'task': 'classification', 'vocab_size': len(WordVocab.load(_vocab_path(workdir))),
+          'max_len': config.data.max_len, 'num_classes': 2}
 
 
 def _image_inputs(meta: dict, model) -> tuple[dict, tuple]:
@@ -135,164 +159,25 @@ def _token_inputs(meta: dict, model) -> tuple[dict, tuple]:
   return {'inputs': ('b, l', 'int32')}, (f'l <= {model.cfg.max_len}',)
 
 
+def _text_inputs(meta: dict, model) -> tuple[dict, tuple]:
+  return ({'inputs': ('b, l', 'int32'), 'input_mask': ('b, l', 'int32')},
+          (f'l <= {meta["max_len"]}',))
+
+
 DATA_SPECS = {
-    'mnist': DataSpec(_mnist_meta, _image_inputs, labels=tuple('0123456789'),
+    'mnist': DataSpec(_fixed_meta(10, [28, 28, 1]), _image_inputs, labels=tuple('0123456789'),
                       preprocess='float32 pixels in [0, 1] (uint8 / 255), shape 28x28x1'),
+    'mnist1d': DataSpec(_fixed_meta(10, [40, 1]), _image_inputs, labels=tuple('0123456789'),
+                        preprocess='the standardized 40-step float32 signals of the MNIST-1D '
+                                   'pickle, shape 40x1 (time x channels)'),
     'tiny_shakespeare': DataSpec(_shakespeare_meta, _token_inputs, assets=('vocab.json',),
                                  preprocess='character ids from vocab.json (sorted characters)'),
+    'sst2': DataSpec(_sst2_meta, _text_inputs, assets=('vocab.json',),
+                     labels=('negative', 'positive'),
+                     preprocess='lower-cased PTB-tokenized text split on whitespace; word ids '
+                                'from vocab.json ([PAD]=0, [UNK]=1), right-padded; input_mask 1 '
+                                'on words, 0 on padding'),
 }
-
-
-# --- Programs ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Program:
-  """fn(*args) with the params closed over; args are ShapeDtypeStructs with symbolic dims.
-
-  check_args(batch, rng) gives concrete args for the export's own check.
-  """
-
-  name: str
-  fn: Callable
-  args: tuple
-  arg_names: tuple[str, ...]
-  result_names: tuple[str, ...]
-  doc: str
-  check_args: Callable[[int, np.random.Generator], tuple]
-  constraints: tuple[str, ...] = ()  # On the symbolic dims, e.g. 'l <= 64'.
-
-
-def random_inputs(signature: dict, batch: int, rng: np.random.Generator, high: int = 2,
-                  length: int = 8) -> tuple:
-  """Concrete arrays for a signature: `b` -> batch, `l` -> length; ints in [0, high)."""
-  out = []
-  for dims, dtype in signature.values():
-    shape = [batch if d == 'b' else length if d == 'l' else int(d)
-             for d in (x.strip() for x in dims.split(','))]
-    if np.issubdtype(np.dtype(dtype), np.integer):
-      out.append(rng.integers(0, high, shape).astype(dtype))
-    else:
-      out.append(rng.random(shape, np.float32).astype(dtype))
-  return tuple(out)
-
-
-def symbolic_args(signature: dict, scope) -> tuple:
-  return tuple(jax.ShapeDtypeStruct(jax_export.symbolic_shape(dims, scope=scope), jnp.dtype(dt))
-               for dims, dt in signature.values())
-
-
-def classifier_programs(model, params: PyTree, meta: dict, spec: DataSpec) -> list[Program]:
-  signature, constraints = spec.inputs(meta, model)
-  names = tuple(signature)
-
-  def logits(*inputs):
-    return model.apply({'params': params}, **dict(zip(names, inputs, strict=True)),
-                       train=False)
-
-  return [Program('logits', logits, symbolic_args(signature, jax_export.SymbolicScope(constraints)),
-                  names, ('logits',), f'({", ".join(names)}) -> logits_BxC',
-                  lambda b, rng: random_inputs(signature, b, rng, meta.get('vocab_size', 2)),
-                  constraints)]
-
-
-def lm_programs(model, params: PyTree, meta: dict, spec: DataSpec) -> list[Program]:
-  """logits over a sequence, and prefill + decode_step to drive KV-cache generation from outside.
-
-  The cache is the decoder's `cache` collection without its index: `pos` says where `token` goes.
-  Positions must stay below max_len; past it, prefill again from the last tokens (a sliding
-  window, as research/sampling.py does).
-  """
-  from research.models.lm import decoder, init_cache
-
-  max_len, vocab = model.cfg.max_len, meta['vocab_size']
-  dec = decoder(model)
-  constraints = (f'l <= {max_len}',)
-  b, length = jax_export.symbolic_shape('b, l', constraints=constraints)
-  cache_1 = jax.eval_shape(lambda: init_cache(model, 1))
-  cache_1.pop('index')
-  b_decode, = jax_export.symbolic_shape('b')  # Own scope: `l` is not among decode_step's dims.
-  cache_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((b_decode, *s.shape[1:]), s.dtype),
-                            cache_1)
-
-  def run(cache: dict, tokens_BxL, pos):
-    logits_BxLxV, variables = dec.apply({'params': params, 'cache': dict(cache, index=pos)},
-                                        tokens_BxL, train=False, mutable=['cache'])
-    new_cache = dict(variables['cache'])
-    new_cache.pop('index')
-    return logits_BxLxV[:, -1], new_cache
-
-  def logits(tokens_BxL):
-    return model.apply({'params': params}, tokens_BxL, train=False)
-
-  def prefill(tokens_BxL):
-    cache = init_cache(model, tokens_BxL.shape[0])
-    cache.pop('index')
-    return run(cache, tokens_BxL, jnp.int32(0))
-
-  def decode_step(cache, token_B, pos):
-    return run(cache, token_B[:, None], pos)
-
-  def tokens(batch, rng, length=max_len):
-    return rng.integers(0, vocab, (batch, length)).astype(np.int32)
-
-  def decode_args(batch, rng):
-    prompt = max(1, max_len // 2)
-    _, cache = jax.jit(prefill)(tokens(batch, rng, prompt))
-    return cache, tokens(batch, rng, 1)[:, 0], np.int32(prompt)
-
-  tokens_spec = jax.ShapeDtypeStruct((b, length), jnp.int32)
-  token_spec = jax.ShapeDtypeStruct((b_decode,), jnp.int32)
-  pos_spec = jax.ShapeDtypeStruct((), jnp.int32)
-  return [
-      Program('logits', logits, (tokens_spec,), ('inputs',), ('logits',),
-              'inputs_BxL (token ids) -> logits_BxLxV (next-token logits at every position)',
-              lambda batch, rng: (tokens(batch, rng),), constraints),
-      Program('prefill', prefill, (tokens_spec,), ('inputs',), ('logits', 'cache'),
-              'inputs_BxL (prompt ids) -> (next-token logits_BxV, cache of positions 0..L-1)',
-              lambda batch, rng: (tokens(batch, rng, max(1, max_len // 2)),), constraints),
-      Program('decode_step', decode_step, (cache_spec, token_spec, pos_spec),
-              ('cache', 'token', 'pos'), ('logits', 'cache'),
-              '(cache, token_B at position pos) -> (next-token logits_BxV, cache)',
-              decode_args, (f'pos < {max_len}',)),
-  ]
-
-
-PROGRAMS = {'classification': classifier_programs, 'lm': lm_programs}
-
-
-def export_program(program: Program) -> jax_export.Exported:
-  return jax_export.export(jax.jit(program.fn), platforms=PLATFORMS)(*program.args)
-
-
-def check_program(program: Program, exported: jax_export.Exported, tolerance: float) -> float:
-  """Max |exported - in-process| over the outputs at batch CHECK_BATCH; RunError past tolerance."""
-  args = program.check_args(CHECK_BATCH, np.random.default_rng(0))
-  want = jax.tree.leaves(jax.jit(program.fn)(*args))
-  got = jax.tree.leaves(exported.call(*args))
-  diff = max(float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(w, np.float32))))
-             for a, w in zip(got, want, strict=True))
-  scale = max(float(np.max(np.abs(np.asarray(w, np.float32)))) for w in want)
-  if not diff <= tolerance * max(1.0, scale):
-    raise RunError(f'The exported {program.name} program differs from the model by {diff:g} '
-                   f'(tolerance {tolerance:g} x {max(1.0, scale):g}); nothing was written.')
-  return diff
-
-
-def describe(names: tuple[str, ...], trees: tuple) -> list[dict]:
-  """One entry per array, in the program's flat order: name (with the cache's tree path), shape
-  (symbolic dims as strings) and dtype."""
-  out = []
-  for name, tree in zip(names, trees, strict=True):
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-      out.append({'name': name + jax.tree_util.keystr(path), 'dtype': str(leaf.dtype),
-                  'shape': [d if isinstance(d, int) else str(d) for d in leaf.shape]})
-  return out
-
-
-def results_tree(exported: jax_export.Exported) -> tuple:
-  results = jax.tree_util.tree_unflatten(exported.out_tree, exported.out_avals)
-  return results if isinstance(results, tuple) else (results,)
 
 
 # --- The workdir ------------------------------------------------------------------------------
@@ -345,7 +230,8 @@ def resolve_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: s
     manager.close()
   if best is None:
     raise ConfigError(f'--checkpoint=best: no checkpoint in {directory} was saved with eval '
-                      f'metrics; use --checkpoint=latest or one of {steps}.')
+                      'metrics (runs trained before checkpointing.make_manager set best_fn have '
+                      f'none on disk); use --checkpoint=latest or one of {steps}.')
   return best
 
 
@@ -372,10 +258,11 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def export_workdir(workdir: str, checkpoint: str = 'latest') -> dict:
+def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True) -> dict:
   """Writes WORKDIR/export/ (replacing an older one only once the new one is complete).
 
   Returns the manifest. Bad input (no run, no such step) raises ConfigError before any compute.
+  `check` runs each exported program against the in-process model (RunError if they differ).
   """
   t0 = time.perf_counter()
   if not os.path.isdir(workdir):
@@ -399,27 +286,35 @@ def export_workdir(workdir: str, checkpoint: str = 'latest') -> dict:
 
   tmp = tempfile.mkdtemp(prefix='.export-tmp-', dir=workdir)
   try:
-    manifest = write_export(tmp, workdir, config, spec, meta, model, params, step, checkpoint)
+    manifest = write_export(tmp, workdir, config, spec, meta, model, params, step, checkpoint,
+                            check)
     manifest['export']['seconds'] = {'restore': round(t_restore - t0, 3),
                                      'total': round(time.perf_counter() - t0, 3)}
     with open(os.path.join(tmp, MANIFEST_FILE), 'w') as f:
       json.dump(manifest, f, indent=2)
     os.chmod(tmp, 0o755)  # mkdtemp made it private; the export is meant to be handed on.
-    for name in os.listdir(tmp):
-      os.chmod(os.path.join(tmp, name), 0o644)
-    final = os.path.join(workdir, EXPORT_DIR)
-    if os.path.exists(final):
-      shutil.rmtree(final)
-    os.replace(tmp, final)
+    for entry in os.listdir(tmp):
+      os.chmod(os.path.join(tmp, entry), 0o644)
+    replace_dir(tmp, os.path.join(workdir, EXPORT_DIR))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('Exported step %d of %s to %s in %.1fs.', step, workdir, final,
-               time.perf_counter() - t0)
   return manifest
 
 
+def replace_dir(new: str, final: str) -> None:
+  """Moves `new` to `final`; an existing `final` is moved aside first and deleted after."""
+  if not os.path.exists(final):
+    os.replace(new, final)
+    return
+  aside = final + f'.old-{os.getpid()}'
+  os.replace(final, aside)
+  os.replace(new, final)
+  shutil.rmtree(aside)
+
+
 def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec: DataSpec,
-                 meta: dict, model, params: PyTree, step: int, checkpoint: str) -> dict:
+                 meta: dict, model, params: PyTree, step: int, checkpoint: str,
+                 check: bool = True) -> dict:
   """Params, config, assets and programs into `out`; the manifest (without timings) returned."""
   params_path = os.path.join(out, PARAMS_FILE)
   save_params(params_path, params, {'step': str(step)})
@@ -433,24 +328,26 @@ def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec
   sixteen_bit = jnp.dtype(config.model.get('dtype', 'float32')).itemsize < 4
   tolerance = 5e-2 if sixteen_bit else 1e-4
   programs = {}
-  for program in PROGRAMS[meta['task']](model, params, meta, spec):
+  for program in PROGRAMS[meta['task']](model, params, meta, *spec.inputs(meta, model)):
     t = time.perf_counter()
     exported = export_program(program)
     path = os.path.join(out, program.name + PROGRAM_SUFFIX)
     with open(path, 'wb') as f:
       f.write(exported.serialize())
     t_export = time.perf_counter() - t
-    diff = check_program(program, exported, tolerance)
+    diff = check_program(program, exported, tolerance) if check else None
     programs[program.name] = {
         'file': os.path.basename(path), 'bytes': os.path.getsize(path), 'doc': program.doc,
         'args': describe(program.arg_names, program.args),
         'results': describe(program.result_names, results_tree(exported)),
         'constraints': list(program.constraints), 'platforms': list(exported.platforms),
         'export_seconds': round(t_export, 3),
-        'check': {'batch': CHECK_BATCH, 'max_abs_diff': diff, 'platform': jax.default_backend()}}
+        'check': check and {'batch': CHECK_BATCH, 'max_abs_diff': diff,
+                            'platform': jax.default_backend()}}
   return {
       'format': 1,
       'model': {'name': config.model.name, 'task': meta['task'], 'meta': meta,
+                'max_len': model.cfg.max_len if meta['task'] == 'lm' else None,  # KV cache size.
                 'labels': list(spec.labels), 'preprocess': spec.preprocess,
                 'assets': list(spec.assets)},
       'checkpoint': {'requested': checkpoint, 'step': step,
@@ -474,7 +371,9 @@ def summary(manifest: dict) -> str:
            f'in {m["export"]["seconds"]["total"]:.1f}s:',
            f'  {p["file"]:<24} {p["count"]:,} params {p["dtypes"]}, {p["bytes"]:,} bytes']
   for prog in m['programs'].values():
-    lines.append(f'  {prog["file"]:<24} {prog["doc"]}; {prog["bytes"]:,} bytes, '
-                 f'{"/".join(prog["platforms"])}; max |exported - model| = '
-                 f'{prog["check"]["max_abs_diff"]:.2g} at batch {prog["check"]["batch"]}')
+    lines.append(f'  {prog["file"]:<24} {prog["bytes"]:,} bytes: {prog["doc"]}')
+    c = prog['check']
+    checked = (f'; max |exported - model| = {c["max_abs_diff"]:.2g} at batch {c["batch"]} on '
+               f'{c["platform"]}' if c else '; not checked')
+    lines.append(f'  {"":<24} lowered for {"/".join(prog["platforms"])}{checked}')
   return '\n'.join(lines)
