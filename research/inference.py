@@ -56,6 +56,10 @@ class Exported:
 
   def check_inputs(self, arrays: dict[str, np.ndarray]) -> None:
     """ConfigError unless each array's rank and fixed dims match the exported signature."""
+    names = [spec['name'] for spec in self.signature()]
+    if sorted(arrays) != sorted(names):
+      raise ConfigError(f'The exported model takes {names}, got {sorted(arrays)}'
+                        f'{" (use classify() for text)" if "input_mask" in names else ""}.')
     for spec in self.signature():
       x = arrays[spec['name']]
       want = tuple(spec['shape'])
