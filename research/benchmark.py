@@ -208,6 +208,9 @@ def time_loop(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
           'input_wait_frac': sum(w['input_wait_frac'] * s for w, s in zip(timed, seconds,
                                                                           strict=True))
                              / sum(seconds),
+          'cpu_seconds_per_step': (sum(line['cpu_seconds_per_step'] for line in timed) / len(timed)
+                                   if all('cpu_seconds_per_step' in line for line in timed)
+                                   else None),
           'log_every_steps': config.log_every_steps}
 
 
@@ -280,6 +283,10 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'memory_per_device_bytes': memory(compiled),
       'input_seconds_per_batch': input_s, 'loop': loop,
       'loop_overhead_frac': 1.0 - loop['steps_per_sec'] * step_s if loop else None,
+      # CPU: the loop's extra CPU time per step over the bare step's (logging, metrics, input).
+      'loop_overhead_cpu_frac': (loop['cpu_seconds_per_step'] / cpu_step_s - 1.0
+                                 if loop and loop['cpu_seconds_per_step'] and peak_per_cpu_second
+                                 else None),
       'load_average_1min': {'start': load_start, 'end': os.getloadavg()[0]},
       'jax_version': jax.__version__,
   }
@@ -336,8 +343,10 @@ def format_report(r: dict) -> str:
   if loop:
     rows.append(('full loop', f'{loop["steps_per_sec"]:.3g} steps/s over {loop["steps"]} steps at '
                               f'log_every_steps={loop["log_every_steps"]}: overhead '
-                              f'{pct(r["loop_overhead_frac"])} vs the bare step; waited for '
-                              f'input {pct(loop["input_wait_frac"])} of loop time'))
+                              f'{pct(r["loop_overhead_frac"])} vs the bare step'
+                              + (f' ({pct(r["loop_overhead_cpu_frac"])} in CPU time)'
+                                 if r['loop_overhead_cpu_frac'] is not None else '')
+                              + f'; waited for input {pct(loop["input_wait_frac"])} of loop time'))
   else:
     rows.append(('full loop', 'not run (config.benchmark.loop_log_intervals=0)'))
   load = r['load_average_1min']

@@ -173,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              dynamic_ncols=True, mininterval=1.0)
   prefetch = None
   eval_metrics, t_start, t_log, step, stop = {}, time.time(), time.time(), start_step, False
-  wait_at_log = 0.0
+  wait_at_log, cpu_at_log = 0.0, time.process_time()
   # Multi-process: gloo CPU collectives deadlock when ~50 steps are queued with no host sync, so
   # block on the metrics at least every 10 steps (a no-op for speed on real accelerators).
   if one_program_in_flight():
@@ -218,12 +218,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps_per_sec = len(pending) / (now - t_log)
         perf = {'steps_per_sec': steps_per_sec,
                 'examples_per_sec': steps_per_sec * config.batch_size,
-                'input_wait_frac': (prefetch.wait_seconds - wait_at_log) / (now - t_log)}
+                'input_wait_frac': (prefetch.wait_seconds - wait_at_log) / (now - t_log),
+                # This process's CPU time (all threads): what the loop costs, whatever else runs.
+                'cpu_seconds_per_step': (time.process_time() - cpu_at_log) / len(pending)}
         writer.write(step, 'train', train_metrics)
         writer.write(step, 'perf', perf, file='perf.jsonl')
         bar.set_postfix(loss=f'{train_metrics["loss"]:.4f}', refresh=False)
         bar.update(step - bar.n)
         pending, t_log, wait_at_log = [], time.time(), prefetch.wait_seconds
+        cpu_at_log = time.process_time()
       if is_eval:
         eval_metrics = eval_and_log(step, state.params)
         watchdog.pet(step)
