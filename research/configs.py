@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
   c.fault_injection = ''  # Tests only: 'KIND@STEP' (research/reliability.py FAULTS). '' = none.
+  c.init_from = ''  # A run's workdir or checkpoint: start from its params (research/transfer.py).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'
@@ -49,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
   c.optimizer.momentum = 0.9  # sgd only.
   c.optimizer.nesterov = False  # sgd only.
+  c.optimizer.freeze = ()  # Param-path prefixes kept fixed, e.g. ('token_embed', 'stack').
+  c.optimizer.encoder_lr_multiplier = 1.0  # Scales the lr of every param outside 'head'.
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = 'jit'  # jit (Mesh + NamedSharding) | pmap

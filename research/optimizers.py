@@ -57,4 +57,6 @@ def make_optimizer(opt: ml_collections.ConfigDict,
     raise ConfigError(opt.name)
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
-  return tx, lr
+  from research.transfer import partition_optimizer  # Frozen params, encoder lr multiplier.
+
+  return partition_optimizer(tx, opt), lr

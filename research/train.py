@@ -27,6 +27,7 @@ from research import (
   provenance,
   reliability,
   resume_check,
+  transfer,
 )
 from research.metrics import MetricWriter, classification_report, save_confusion_png
 from research.train_step import eval_step, init_state, train_step
@@ -133,6 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     start_step = 0
     state = jax.jit(lambda: nn.unbox(init()), out_shardings=layout.state_sharding)()
+    if config.get('init_from'):  # Pre-trained params by name and shape (fresh runs only).
+      state = transfer.init_from(config, state, workdir)
   for name in ('metrics.jsonl', 'perf.jsonl'):  # Lines a killed run wrote past the checkpoint.
     if is_main and (dropped := reliability.truncate_jsonl(os.path.join(workdir, name), start_step)):
       logging.warning('Dropped %d lines after step %d from %s (the run resumes there).', dropped,

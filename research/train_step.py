@@ -22,7 +22,9 @@ import optax
 from research.config_checks import ConfigError
 
 PyTree = Any
-MODEL_INPUTS = ('inputs', 'input_mask')  # Batch keys passed to the model; the rest feed the loss.
+# Batch keys passed to the model (when present); the rest feed the loss. `mlm_positions`: where a
+# masked-LM predicts (research/models/encoder.py), so it needs no logits at the other positions.
+MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions')
 
 
 @flax.struct.dataclass

@@ -14,6 +14,8 @@ from research.data.pipeline import Dataset
 DATASETS = {
     'mnist': 'research.data.mnist',
     'tiny_shakespeare': 'research.data.shakespeare',
+    'sst2': 'research.data.sst2',
+    'mnist1d': 'research.data.mnist1d',
 }
 
 

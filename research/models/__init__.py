@@ -36,7 +36,21 @@ def _transformer_lm(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:
   return from_config(cfg, meta)
 
 
-MODELS = {'mlp': _mlp, 'transformer_lm': _transformer_lm}
+def _transformer_encoder(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:
+  from research.models.encoder import from_config
+
+  return from_config(cfg, meta, head='classifier')
+
+
+def _transformer_encoder_mlm(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:
+  from research.models.encoder import from_config
+
+  return from_config(cfg, meta, head='mlm')
+
+
+MODELS = {'mlp': _mlp, 'transformer_lm': _transformer_lm,
+          'transformer_encoder': _transformer_encoder,
+          'transformer_encoder_mlm': _transformer_encoder_mlm}
 
 
 def get_model(cfg: ml_collections.ConfigDict, meta: dict) -> nn.Module:

@@ -1,0 +1,215 @@
+"""Transfer learning: start a run from another run's parameters, and optionally freeze them.
+
+`config.init_from` names a run's workdir (its newest checkpoint is used) or one checkpoint folder
+(WORKDIR/checkpoints/STEP). A fresh run (never a resumed one: a checkpoint of this run wins) then
+takes every parameter whose path name and shape match, e.g. the encoder of a masked-LM run:
+
+  loaded             same path and shape in both: copied from the checkpoint
+  skipped            only in the checkpoint (e.g. the MLM head): ignored
+  newly initialised  only in this model (e.g. the classifier head): fresh init kept
+  shape mismatch     same path, other shape: refused (ConfigError), naming every such array
+
+The lists are printed and written to WORKDIR/init_from.json. Only the params are read (partial
+Orbax restore, as numpy), so the pre-training run's optimizer state and topology do not matter.
+
+The optimizer side (`partition_optimizer`, called by optimizers.make_optimizer): parameters under
+`config.optimizer.freeze` prefixes get no updates (`optax.set_to_zero`, so no weight decay either);
+`config.optimizer.encoder_lr_multiplier` scales the updates (= the learning rate, decay included)
+of every other parameter outside the task head (top-level `head`), through `optax.multi_transform`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from research.checkpointing import complete_steps
+from research.config_checks import ConfigError
+
+PyTree = Any
+HEAD = 'head'  # Top-level name of the task head: new when fine-tuning, full learning rate.
+RECORD = 'init_from.json'
+
+
+def path_name(path: tuple) -> str:
+  """A tree path as 'stack/block_0/attn/query_kernel' (dict keys or attribute names)."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def flat_named(tree: PyTree) -> dict[str, Any]:
+  return {path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def resolve(init_from: str) -> tuple[str, int]:
+  """(the checkpoint's `state` folder, its step) for a workdir, checkpoints dir or step dir."""
+  path = os.path.abspath(os.path.expanduser(init_from))
+  hint = ('Give the workdir of a finished run (it holds checkpoints/) or one checkpoint folder '
+          '(WORKDIR/checkpoints/STEP), or set config.init_from=\'\' to start from scratch.')
+  if not os.path.exists(path):
+    raise ConfigError(f'config.init_from={init_from!r}: {path} does not exist. {hint}')
+  if os.path.isdir(os.path.join(path, 'state')) and os.path.basename(path).isdigit():
+    return os.path.join(path, 'state'), int(os.path.basename(path))
+  directory = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
+  steps = complete_steps(directory)
+  if not steps:
+    raise ConfigError(f'config.init_from={init_from!r}: no checkpoint under {directory}. {hint}')
+  return os.path.join(directory, str(steps[-1]), 'state'), steps[-1]
+
+
+def saved_param_shapes(state_dir: str) -> dict[str, tuple[int, ...]]:
+  """{param path: shape} from the checkpoint's metadata (no array is read)."""
+  try:
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+    params = getattr(metadata, 'tree', metadata)['params']
+  except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message.
+    raise ConfigError(f'config.init_from: cannot read the parameters of {state_dir} '
+                      f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}).') from e
+  return {name: tuple(m.shape) for name, m in flat_named(params).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  state_dir: str
+  step: int
+  loaded: tuple[str, ...]
+  skipped: tuple[str, ...]
+  new: tuple[str, ...]
+
+  def describe(self) -> str:
+    """Grouped by top-level module (the full lists go to WORKDIR/init_from.json)."""
+    return (f'init_from {self.state_dir} (step {self.step}):\n'
+            f'  loaded: {_grouped(self.loaded)}\n'
+            f'  skipped (only in the checkpoint): {_grouped(self.skipped)}\n'
+            f'  newly initialised (only in this model): {_grouped(self.new)}')
+
+
+def _grouped(names: tuple[str, ...]) -> str:
+  groups: dict[str, list[str]] = {}
+  for name in names:
+    groups.setdefault(name.split('/')[0], []).append(name)
+  parts = [members[0] if len(members) == 1 else f'{top}/* ({len(members)} arrays)'
+           for top, members in groups.items()]
+  return f'{len(names)} arrays: ' + ', '.join(parts) if names else 'none'
+
+
+def plan(init_from: str, params: PyTree) -> Plan:
+  """Matches this model's params (arrays or shape structs) against the checkpoint's, by name."""
+  state_dir, step = resolve(init_from)
+  saved = saved_param_shapes(state_dir)
+  ours = {name: tuple(x.shape) for name, x in flat_named(params).items()}
+  mismatched = [f'{n}: checkpoint {saved[n]}, this model {shape}' for n, shape in ours.items()
+                if n in saved and saved[n] != shape]
+  if mismatched:
+    raise ConfigError(
+        f'config.init_from: {len(mismatched)} parameter(s) of {state_dir} have another shape than '
+        'this model builds:\n  ' + '\n  '.join(mismatched[:8]) +
+        (f'\n  ... and {len(mismatched) - 8} more' if len(mismatched) > 8 else '') +
+        '\nUse the pre-trained run\'s model '
+        'sizes (config.model.*, and its vocabulary / sequence length), or rename what differs.')
+  loaded = tuple(n for n in ours if n in saved)
+  if not loaded:
+    raise ConfigError(f'config.init_from: no parameter of this model matches one in {state_dir} by '
+                      f'name (it has {sorted(saved)[:5]}...; this model {sorted(ours)[:5]}...). '
+                      'Is it a run of a related model?')
+  return Plan(state_dir, step, loaded, tuple(n for n in saved if n not in ours),
+              tuple(n for n in ours if n not in saved))
+
+
+def read_params(state_dir: str, names: tuple[str, ...], like: dict[str, Any]) -> dict[str, Any]:
+  """The named params as numpy arrays (a partial restore: nothing else is read)."""
+  item, restore_args = {}, {}
+  for name in names:
+    node, args = item, restore_args
+    *parents, leaf = name.split('/')
+    for part in parents:
+      node, args = node.setdefault(part, {}), args.setdefault(part, {})
+    node[leaf] = jax.ShapeDtypeStruct(like[name].shape, like[name].dtype)
+    args[leaf] = ocp.RestoreArgs(restore_type=np.ndarray, dtype=like[name].dtype)
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item={'params': item}, restore_args={'params': restore_args}, partial_restore=True))
+  return {name: np.asarray(x) for name, x in flat_named(restored['params']).items()}
+
+
+def apply(p: Plan, params: PyTree) -> PyTree:
+  """`params` with the loaded ones replaced, each placed with the fresh array's sharding."""
+  ours = flat_named(params)
+  values = read_params(p.state_dir, p.loaded, ours)
+
+  def place(path, x):
+    name = path_name(path)
+    if name not in values:
+      return x
+    value = values[name]
+    return jax.make_array_from_callback(x.shape, x.sharding, lambda index: value[index])
+
+  return jax.tree_util.tree_map_with_path(place, params)
+
+
+def init_from(config: ml_collections.ConfigDict, state, workdir: str):
+  """The fresh train state with the pre-trained params of `config.init_from` (see module doc)."""
+  p = plan(config.init_from, state.params)
+  state = state.replace(params=apply(p, state.params))
+  message = p.describe()
+  logging.info('%s', message)
+  if jax.process_index() == 0:
+    print(message, flush=True)
+    with open(os.path.join(workdir, RECORD), 'w') as f:
+      json.dump({'init_from': config.init_from, **dataclasses.asdict(p)}, f, indent=2)
+  return state
+
+
+# --- Optimizer: frozen prefixes and a smaller encoder learning rate ---------------------------
+
+
+def _label_fn(freeze: tuple[str, ...]):
+  def matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix.rstrip('/') + '/')
+
+  def labels(params: PyTree) -> PyTree:
+    # A logical-axis box is one leaf: the label replaces it whole, so optax's masking never puts
+    # an empty MaskedNode inside a box (whose sharding would then have nothing to describe).
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params, is_leaf=is_box)]
+    unused = [f for f in freeze if not any(matches(n, f) for n in names)]
+    if unused:  # At tx.init, i.e. while the state is shaped, before any compute.
+      raise ConfigError(f'config.optimizer.freeze: {unused} match no parameter. Top-level names: '
+                        f'{sorted({n.split("/")[0] for n in names})}.')
+
+    def label(path, _):
+      name = path_name(path)
+      if any(matches(name, f) for f in freeze):
+        return 'frozen'
+      return 'head' if name.split('/')[0] == HEAD else 'encoder'
+
+    return jax.tree_util.tree_map_with_path(label, params, is_leaf=is_box)
+
+  return labels
+
+
+def partition_optimizer(tx: optax.GradientTransformation,
+                        opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """`tx`, or an `optax.multi_transform` for freeze / encoder_lr_multiplier (module doc)."""
+  freeze = tuple(opt.get('freeze', ()) or ())
+  multiplier = opt.get('encoder_lr_multiplier', 1.0)
+  if isinstance(freeze, str) or not all(isinstance(f, str) and f for f in freeze):
+    raise ConfigError(f'config.optimizer.freeze must be a tuple of parameter-path prefixes, e.g. '
+                      f"('token_embed', 'stack'), got {freeze!r}.")
+  if not isinstance(multiplier, (int, float)) or multiplier <= 0:
+    raise ConfigError(f'config.optimizer.encoder_lr_multiplier must be > 0 (use optimizer.freeze '
+                      f'to stop updates), got {multiplier!r}.')
+  if not freeze and multiplier == 1.0:
+    return tx
+  encoder = tx if multiplier == 1.0 else optax.chain(tx, optax.scale(multiplier))
+  return optax.multi_transform({'frozen': optax.set_to_zero(), 'encoder': encoder, 'head': tx},
+                               _label_fn(freeze))

@@ -1,0 +1,186 @@
+"""Encoder classifier: padding, bidirectional masks, patches, bad input, and three real tasks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from conftest import REPO
+
+import experiments.mnist_vit as mnist_vit
+import experiments.sst2_encoder as sst2_encoder
+from research import models
+from research.config_checks import ConfigError
+from research.data.sst2 import bucket_train_batch, mask_tokens
+from research.data.word_vocab import MASK
+from research.models.encoder import patchify
+from research.train import train_and_evaluate
+
+VOCAB = 50
+
+
+def model_config(name='transformer_encoder', **overrides) -> ml_collections.ConfigDict:
+  c = sst2_encoder.get_config('tiny').model
+  c.name = name
+  c.init_std = 0.5  # Spread activations, so a changed input visibly changes outputs.
+  c.update(overrides)
+  return c
+
+
+def text_model(name='transformer_encoder', max_len=16, **overrides):
+  meta = {'task': 'mlm' if name.endswith('mlm') else 'classification', 'num_classes': 3,
+          'vocab_size': VOCAB, 'max_len': max_len}
+  return models.get_model(model_config(name, **overrides), meta)
+
+
+def init(model, *args):
+  return nn.unbox(jax.jit(model.init)(jax.random.key(0), *args)['params'])  # jit: one compile.
+
+
+def tokens_and_mask(lengths, width, seed=1):
+  ids = np.array(jax.random.randint(jax.random.key(seed), (len(lengths), width), 3, VOCAB))
+  mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int32)
+  return np.where(mask, ids, 0).astype(np.int32), mask
+
+
+@pytest.mark.parametrize('options', [
+    {'pooling': 'cls'},
+    {'pooling': 'mean', 'positions': 'rotary', 'scan_layers': True},
+])
+def test_extra_padding_leaves_the_logits_unchanged(options):
+  model = text_model(max_len=24, **options)
+  ids, mask = tokens_and_mask([5, 9, 1], 10)
+  params = init(model, ids, mask)
+  apply = jax.jit(lambda t, m: model.apply({'params': params}, t, m))
+  pad = ((0, 0), (0, 14))
+  np.testing.assert_allclose(apply(ids, mask), apply(np.pad(ids, pad), np.pad(mask, pad)),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_bidirectional_and_never_sees_padding():
+  # Per-position outputs (the MLM head), on both attention paths: the fused one (eval) and the
+  # explicit softmax that attention dropout takes (train).
+  model = text_model('transformer_encoder_mlm', attention_dropout_rate=0.1)
+  ids, mask = tokens_and_mask([8, 12], 16)
+  params = init(model, ids, mask)
+  later = ids.copy()
+  later[:, 6] = (later[:, 6] + 7) % (VOCAB - 3) + 3
+  padded = ids.copy()
+  padded[0, 8:] = 7  # Other ids where the mask says padding.
+  padded[1, 12:] = 9
+  valid = mask.astype(bool)
+  for train in (False, True):
+    apply = jax.jit(lambda t, m, train=train: model.apply(
+        {'params': params}, t, m, train=train, rngs={'dropout': jax.random.key(3)}))
+    before = np.asarray(apply(ids, mask))
+    moved = np.abs(np.asarray(apply(later, mask))[:, :3] - before[:, :3]).max(-1)
+    # Earlier positions see the later token (every one, unless dropout cut that very link).
+    assert (moved.max(1) if train else moved).min() > 1e-3, (train, moved)
+    np.testing.assert_array_equal(np.asarray(apply(padded, mask))[valid], before[valid])
+
+
+def test_patches_are_the_image_tiles_in_row_major_order():
+  image = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+  patches = np.asarray(patchify(jnp.asarray(image), 2))
+  assert patches.shape == (2, 6, 12)
+  np.testing.assert_array_equal(patches[1, 4], image[1, 2:4, 2:4].reshape(-1))  # Row 1, col 1.
+  signal = np.arange(2 * 40 * 1, dtype=np.float32).reshape(2, 40, 1)
+  np.testing.assert_array_equal(np.asarray(patchify(jnp.asarray(signal), 4))[0, 3],
+                                signal[0, 12:16, 0])
+
+
+def test_bad_input_is_refused_before_compute():
+  meta = {'task': 'classification', 'num_classes': 10, 'input_shape': (28, 28, 1)}
+  with pytest.raises(ConfigError, match='patch_size=5'):
+    models.get_model(model_config(patch_size=5), meta)
+  with pytest.raises(ConfigError, match='max_len=10'):  # 16 patches + [CLS] > 10 positions.
+    models.get_model(model_config(patch_size=7, max_len=10), meta)
+  with pytest.raises(ConfigError, match='longer than the position table'):
+    models.get_model(model_config(max_len=32), {'task': 'classification', 'num_classes': 2,
+                                                'vocab_size': VOCAB, 'max_len': 64})
+  model = text_model(max_len=16)  # Built for 16 tokens; fed 40 at trace time.
+  ids, mask = tokens_and_mask([3], 40)
+  with pytest.raises(ConfigError, match='max_len=17'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask))
+  with pytest.raises(ConfigError, match="needs a 'mlm' dataset"):
+    models.get_model(model_config('transformer_encoder_mlm'),
+                     {'task': 'classification', 'num_classes': 2, 'vocab_size': 9, 'max_len': 8})
+
+
+def test_a_run_with_an_indivisible_patch_size_fails_before_writing_anything(tmp_path, data_dir):
+  config = mnist_vit.get_config('tiny')
+  config.data.data_dir = data_dir
+  config.model.patch_size = 5
+  with pytest.raises(ConfigError, match='not divisible into patches'):
+    train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'config.json')
+
+
+TASKS = {  # Tiny presets, 1 CPU device each; (accuracy floor, why).
+    'mnist_vit': 0.25,  # 60 steps: 0.36 measured; chance 0.1.
+    'mnist1d_encoder': 0.2,  # 100 steps: 0.24 measured; chance 0.1.
+    'sst2_encoder': 0.6,  # 80 steps: 0.62 measured; dev majority class 0.51.
+}
+
+
+@pytest.fixture(scope='module')
+def task_runs(tmp_path_factory, data_dir):
+  """The three tasks' short real runs, as concurrent launch.py processes (both cores busy)."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  runs = {}
+  for name in TASKS:
+    workdir = str(tmp_path_factory.mktemp(name))
+    args = [sys.executable, os.path.join(REPO, 'launch.py'),
+            f'--config=experiments/{name}.py:tiny', f'--workdir={workdir}',
+            f'--config.data.data_dir={data_dir}']
+    runs[name] = (workdir, subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True))
+  out = {}
+  for name, (workdir, process) in runs.items():
+    log = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, log[-3000:]
+    out[name] = json.load(open(os.path.join(workdir, 'summary.json')))
+  return out
+
+
+@pytest.mark.parametrize('name', list(TASKS))
+def test_each_task_learns_in_a_short_real_run(name, task_runs):
+  assert task_runs[name]['accuracy'] > TASKS[name], task_runs[name]
+
+
+def test_length_buckets_and_masked_lm_batches():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 40, 500)
+  ids = np.where(np.arange(64)[None] < lengths[:, None], rng.integers(3, VOCAB, (500, 64)), 0)
+  arrays = {'inputs': ids.astype(np.int32), 'input_mask': (ids > 0).astype(np.int32),
+            'targets': np.arange(500)}
+  widths = set()
+  for step in range(20):
+    batch = bucket_train_batch(arrays, lengths, step, seed=1, batch_size=8, buckets=(16, 32, 64))
+    width = batch['inputs'].shape[1]
+    widths.add(width)
+    assert (lengths[batch['targets']] <= width).all()  # Nothing cut off.
+    assert width == 16 or (lengths[batch['targets']] > {32: 16, 64: 32}[width]).all()
+    again = bucket_train_batch(arrays, lengths, step, seed=1, batch_size=8, buckets=(16, 32, 64))
+    np.testing.assert_array_equal(again['inputs'], batch['inputs'])  # A function of the step.
+  assert widths == {16, 32, 64}
+
+  batch = mask_tokens({k: arrays[k][:200] for k in ('inputs', 'input_mask')},
+                      np.random.default_rng(1), 0.15, VOCAB)
+  used = batch['target_mask'].astype(bool)
+  rows = np.arange(200)[:, None]
+  np.testing.assert_array_equal(used.sum(1), np.maximum(1, np.round(0.15 * lengths[:200])))
+  assert (batch['mlm_positions'][used] < np.broadcast_to(lengths[:200, None], used.shape)[used]
+          ).all()  # Only real words are predicted...
+  np.testing.assert_array_equal(batch['targets'][used],  # ...against their original ids...
+                                arrays['inputs'][:200][rows, batch['mlm_positions']][used])
+  changed = batch['inputs'] != arrays['inputs'][:200]
+  assert changed.sum() <= used.sum()  # ...and only they are corrupted, mostly to [MASK].
+  assert 0.7 < (batch['inputs'][rows, batch['mlm_positions']][used] == MASK).mean() < 0.9
