@@ -358,7 +358,7 @@ def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec
                  'sha256': _sha256(params_path), 'arrays': len(flat)},
       'programs': programs,
       'provenance': _read_json(os.path.join(workdir, 'provenance.json')),
-      'export': {'jax': jax.__version__, 'git_commit': provenance.provenance('')['git_commit'],
+      'export': {'jax': jax.__version__, 'git_commit': provenance._git('rev-parse', 'HEAD'),
                  'backend': jax.default_backend(), 'workdir': os.path.abspath(workdir)},
   }
 

@@ -19,6 +19,7 @@ from conftest import REPO, run_launch
 
 import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
+import experiments.sst2_encoder as sst2_encoder
 from research import checkpointing, data, export, inference, models
 from research.config_checks import ConfigError
 from research.export_programs import PLATFORMS
@@ -27,15 +28,13 @@ from research.sampling import generate
 from research.train import train_and_evaluate
 from research.train_step import model_inputs
 
-# The encoder classifier lands in a separate change; until then its cases are not collected.
-HAS_ENCODER = os.path.exists(os.path.join(REPO, 'experiments', 'sst2_encoder.py'))
-KINDS = ('mlp', 'lm', 'encoder') if HAS_ENCODER else ('mlp', 'lm')
+KINDS = ('mlp', 'lm', 'encoder')
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
 def tiny_config(kind: str, data_dir: str) -> ml_collections.ConfigDict:
-  """4 steps, checkpoints at 2 and 4; the MLP evaluates at both (so `best` has a choice), the
-  others once at the end (their eval splits take longer)."""
+  """4 steps. The MLP saves and evaluates at steps 2 and 4 (so `best` has a choice); the others
+  once, at the end (their evaluations and saves take longer)."""
   if kind == 'mlp':
     c = mnist_mlp.get_config('smoke')
     c.model.widths = (32,)
@@ -43,14 +42,12 @@ def tiny_config(kind: str, data_dir: str) -> ml_collections.ConfigDict:
     c = shakespeare_char.get_config('tiny')
     c.sample.num_tokens = 0
   else:
-    import experiments.sst2_encoder as sst2_encoder
-
     c = sst2_encoder.get_config('tiny')
     c.data.length_buckets = ()  # One batch width: one train-step compile.
   c.data.data_dir = data_dir
   c.num_train_steps, c.batch_size = 4, 16
-  c.log_every_steps = c.checkpoint_every_steps = 2
-  c.eval_every_steps = 2 if kind == 'mlp' else 4
+  c.log_every_steps = 2
+  c.eval_every_steps = c.checkpoint_every_steps = 2 if kind == 'mlp' else 4
   c.optimizer.warmup_steps = 0
   c.checkpoint.best_metric, c.checkpoint.best_mode = 'loss', 'min'
   c.checkpoint.async_save = False
