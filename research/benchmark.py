@@ -8,12 +8,15 @@ It builds the train step exactly as the train loop does (data, model, optimizer,
 and measures:
   compile      trace + lower, and XLA compile, in seconds.
   bare step    `benchmark.timed_steps` steps after `benchmark.warmup_steps` untimed ones, on
-               batches already on the devices, timed from dispatch to `block_until_ready`.
+               batches already on the devices, timed from dispatch to `block_until_ready`; run
+               before and again after the full loop (below), and averaged.
   FLOPs        model FLOPs per step counted analytically (research/flops.py states the formulas),
                next to what XLA's cost model counts in the compiled program.
   MFU          achieved model FLOP/s over the devices' peak: `benchmark.peak_flops` if set, else
                the dense bf16 table by device kind (GPU/TPU), else (CPU) a large matmul of the
                compute dtype timed in this same run, so the peak sees the same machine load.
+               On CPU also in CPU time (the step's and the matmul's CPU seconds of this
+               process), which other processes sharing the cores do not inflate.
   memory       XLA's per-device peak estimate from `compiled.memory_analysis()` (and the
                allocator's peak where the backend reports one).
   input        host time to make and copy one batch (the loop prefetches it on a thread), and the
@@ -21,7 +24,8 @@ and measures:
   full loop    `research.train.train_and_evaluate` itself, in WORKDIR/loop_run (deleted after),
                for `benchmark.loop_log_intervals` log intervals after the first (which compiles);
                its steps/s against the bare step's is the loop's overhead (logging, metrics,
-               input). Eval and checkpoints run only at its last step, outside the timed intervals.
+               input; on CPU also in CPU time). Eval and checkpoints run only at its last step,
+               outside the timed intervals.
 One table goes to stdout and everything to WORKDIR/benchmark.json.
 """
 
@@ -227,16 +231,25 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   compiled, lower_s, compile_s = compile_step(p_train, state, batches[0], layout)
   peak, peak_source, peak_per_cpu_second = peak_flops(config)
   state = run_steps(compiled, state, batches, bench.warmup_steps)
-  t0, c0 = time.perf_counter(), time.process_time()
-  state = run_steps(compiled, state, batches, bench.timed_steps)
-  step_s = (time.perf_counter() - t0) / bench.timed_steps
-  cpu_step_s = (time.process_time() - c0) / bench.timed_steps
+  runs = []  # (wall, CPU) seconds per step of each timed run.
+
+  def timed_run(state):
+    t0, c0 = time.perf_counter(), time.process_time()
+    state = run_steps(compiled, state, batches, bench.timed_steps)
+    runs.append(((time.perf_counter() - t0) / bench.timed_steps,
+                 (time.process_time() - c0) / bench.timed_steps))
+    return state
+
+  state = timed_run(state)
+  input_s = time_input(dataset, layout)
+  loop = time_loop(config, workdir)
+  if loop:  # Bare steps before and after the loop, so a load that drifts hits both sides alike.
+    state = timed_run(state)
+  del state
+  step_s, cpu_step_s = (float(np.mean(x)) for x in zip(*runs, strict=True))
   if peak_per_cpu_second:  # CPU: measured once more after the steps, the best of both kept.
     again = matmul_peak(config.model.get('dtype', 'float32'), CPU_MATMUL_SIZES)
     peak, peak_per_cpu_second = max(peak, again[0]), max(peak_per_cpu_second, again[1])
-  del state
-  input_s = time_input(dataset, layout)
-  loop = time_loop(config, workdir)
 
   shapes = {k: list(v.shape) for k, v in dataset.train_batch(0).items()}
   global_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
@@ -263,6 +276,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'lower_seconds': lower_s, 'compile_seconds': compile_s,
       'warmup_steps': bench.warmup_steps, 'timed_steps': bench.timed_steps,
       'step_seconds': step_s, 'steps_per_sec': 1.0 / step_s,
+      'step_seconds_each_run': [wall for wall, _ in runs],
       'examples_per_sec': config.batch_size / step_s,
       'tokens_per_sec': tokens / step_s if tokens else None,
       'model_flops_per_step': model_flops, 'flops_formula': formula,
@@ -318,7 +332,10 @@ def format_report(r: dict) -> str:
       ('compile', f'{r["lower_seconds"] + r["compile_seconds"]:.2f} s (trace + lower '
                   f'{r["lower_seconds"]:.2f} s, XLA {r["compile_seconds"]:.2f} s)'),
       ('step (bare)', f'{1e3 * r["step_seconds"]:.2f} ms: {speed} ({r["timed_steps"]} timed '
-                      f'steps after {r["warmup_steps"]} warm-up)'),
+                      f'steps after {r["warmup_steps"]} warm-up'
+                      + (', before and after the loop: ' + ' / '.join(
+                          f'{1e3 * s:.2f}' for s in r['step_seconds_each_run']) + ' ms)'
+                         if len(r['step_seconds_each_run']) > 1 else ')')),
       ('model FLOPs/step', f'{_si(r["model_flops_per_step"], "FLOP")}: {r["flops_formula"]}'),
       ('XLA FLOPs/step', f'{_si(r["xla_flops_per_step"], "FLOP")} (cost analysis, all ops and '
                          f'recomputation; model/XLA = '
