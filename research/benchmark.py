@@ -325,9 +325,10 @@ def format_report(r: dict) -> str:
   pct = lambda x: 'n/a' if x is None else f'{100 * x:.1f}%'
   mem = r['memory_per_device_bytes']
   mesh = ' x '.join(f'{k}={v}' for k, v in r['mesh'].items())
-  speed = f'{r["steps_per_sec"]:.3g} steps/s, {r["examples_per_sec"]:,.0f} examples/s'
+  rate = lambda x: f'{x:,.0f}' if x >= 100 else f'{x:.3g}'
+  speed = f'{r["steps_per_sec"]:.3g} steps/s, {rate(r["examples_per_sec"])} examples/s'
   if r['tokens_per_sec']:
-    speed += f', {r["tokens_per_sec"]:,.0f} tokens/s'
+    speed += f', {rate(r["tokens_per_sec"])} tokens/s'
   rows = [
       ('compile', f'{r["lower_seconds"] + r["compile_seconds"]:.2f} s (trace + lower '
                   f'{r["lower_seconds"]:.2f} s, XLA {r["compile_seconds"]:.2f} s)'),
