@@ -19,6 +19,8 @@ and measures:
                process), which other processes sharing the cores do not inflate.
   memory       XLA's per-device peak estimate from `compiled.memory_analysis()` (and the
                allocator's peak where the backend reports one).
+  time by op   with `benchmark.profile_steps` > 0: a profiler trace of that many steps
+               (WORKDIR/profile) and the time by kind of XLA op (research/op_profile.py).
   input        host time to make and copy one batch (the loop prefetches it on a thread), and the
                share of loop time the loop spent waiting for it.
   full loop    `research.train.train_and_evaluate` itself, in WORKDIR/loop_run (deleted after),
@@ -44,7 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import config_checks, data, flops, models, optimizers, parallel
+from research import config_checks, data, flops, models, op_profile, optimizers, parallel
 from research.config_checks import ConfigError
 from research.train_step import eval_step, init_state, train_step
 
@@ -55,8 +57,8 @@ ACCELERATOR_MATMUL_SIZE = 8192
 
 def check_benchmark_config(config: ml_collections.ConfigDict) -> None:
   config_checks.check_positive(config, 'benchmark.timed_steps')
-  for key in ('warmup_steps', 'loop_log_intervals'):
-    value = config.benchmark[key]
+  for key in ('warmup_steps', 'loop_log_intervals', 'profile_steps'):
+    value = config.benchmark.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise ConfigError(f'config.benchmark.{key} must be an integer >= 0, got {value!r}.')
   peak = config.benchmark.peak_flops
@@ -245,6 +247,12 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loop = time_loop(config, workdir)
   if loop:  # Bare steps before and after the loop, so a load that drifts hits both sides alike.
     state = timed_run(state)
+  ops = None
+  if bench.get('profile_steps', 0):
+    log_dir = os.path.join(workdir, 'profile')
+    state, xplane = op_profile.trace(
+        functools.partial(run_steps, compiled, state, batches, bench.profile_steps), log_dir)
+    ops = {'trace_dir': log_dir, 'by_kind': op_profile.breakdown(xplane, bench.profile_steps)}
   del state
   step_s, cpu_step_s = (float(np.mean(x)) for x in zip(*runs, strict=True))
   if peak_per_cpu_second:  # CPU: measured once more after the steps, the best of both kept.
@@ -302,6 +310,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  if loop and loop['cpu_seconds_per_step'] and peak_per_cpu_second
                                  else None),
       'load_average_1min': {'start': load_start, 'end': os.getloadavg()[0]},
+      'op_profile': ops,
       'jax_version': jax.__version__,
   }
   if jax.process_index() == 0:
@@ -367,6 +376,9 @@ def format_report(r: dict) -> str:
                               + f'; waited for input {pct(loop["input_wait_frac"])} of loop time'))
   else:
     rows.append(('full loop', 'not run (config.benchmark.loop_log_intervals=0)'))
+  if r.get('op_profile'):
+    rows.append(('time by op', f'{op_profile.format_breakdown(r["op_profile"]["by_kind"])} '
+                            f'(trace in {r["op_profile"]["trace_dir"]})'))
   load = r['load_average_1min']
   rows.append(('load average', f'{load["start"]:.2f} at start, {load["end"]:.2f} at end (1 min)'))
   head = (f'benchmark: {r["model"]} on {r["dataset"]}, {r["num_params"]:,} params, global batch '

@@ -77,4 +77,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.peak_flops = 0.0  # Per-device peak FLOP/s for MFU; 0 = the device table (GPU/TPU)
   #                               or a matmul measured in the same run (CPU).
   c.benchmark.loop_log_intervals = 4  # Full-loop timing: log intervals after the first; 0 = skip.
+  c.benchmark.profile_steps = 0  # > 0: trace this many steps, print time by op kind.
   return c

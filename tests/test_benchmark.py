@@ -175,9 +175,13 @@ def test_launch_benchmark_mlp_and_bad_input(data_dir, tmp_path):
   assert bad.returncode == 2 and 'config.benchmark.timed_steps must be a positive' in bad.stderr
   assert not os.path.exists(tmp_path / 'benchmark.json')
   ok = run_launch(common + ['--config.benchmark.timed_steps=3', '--config.benchmark.warmup_steps=1',
-                            '--config.benchmark.loop_log_intervals=0'])
+                            '--config.benchmark.loop_log_intervals=0',
+                            '--config.benchmark.profile_steps=2'])
   assert ok.returncode == 0, ok.stderr[-2000:]
-  assert 'examples/s' in ok.stdout and 'MFU' in ok.stdout
+  assert 'examples/s' in ok.stdout and 'MFU' in ok.stdout and 'time by op' in ok.stdout
   saved = json.loads((tmp_path / 'benchmark.json').read_text())
+  by_kind = saved['op_profile']['by_kind']  # The profiler saw the step's XLA ops.
+  assert by_kind and sum(r['share'] for r in by_kind) == pytest.approx(1.0)
+  assert by_kind[0]['ms_per_step'] > 0 and all(r['ms_per_step'] >= 0 for r in by_kind)
   assert saved['devices'] == 1 and saved['tokens_per_sec'] is None and saved['loop'] is None
   assert saved['model_flops_per_step'] == 6 * (784 * 256 + 256 * 10) * 128
