@@ -7,7 +7,7 @@ takes every parameter whose path name and shape match, e.g. the encoder of a mas
   loaded             same path and shape in both: copied from the checkpoint
   skipped            only in the checkpoint (e.g. the MLM head): ignored
   newly initialised  only in this model (e.g. the classifier head): fresh init kept
-  shape mismatch     same path, other shape: refused (ConfigError), naming every such array
+  shape mismatch     same path, other shape: refused (ConfigError) before training, naming them
 
 The lists are printed and written to WORKDIR/init_from.json. Only the params are read (partial
 Orbax restore, as numpy), so the pre-training run's optimizer state and topology do not matter.
@@ -15,7 +15,8 @@ Orbax restore, as numpy), so the pre-training run's optimizer state and topology
 The optimizer side (`partition_optimizer`, called by optimizers.make_optimizer): parameters under
 `config.optimizer.freeze` prefixes get no updates (`optax.set_to_zero`, so no weight decay either);
 `config.optimizer.encoder_lr_multiplier` scales the updates (= the learning rate, decay included)
-of every other parameter outside the task head (top-level `head`), through `optax.multi_transform`.
+of every other parameter outside the task head (top-level `head`), through `optax.multi_transform`
+(each group has its own optimizer state, so `grad_clip_norm` clips encoder and head separately).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 
 from research.checkpointing import complete_steps
@@ -160,10 +160,8 @@ def init_from(config: ml_collections.ConfigDict, state, workdir: str):
   """The fresh train state with the pre-trained params of `config.init_from` (see module doc)."""
   p = plan(config.init_from, state.params)
   state = state.replace(params=apply(p, state.params))
-  message = p.describe()
-  logging.info('%s', message)
   if jax.process_index() == 0:
-    print(message, flush=True)
+    print(p.describe(), flush=True)
     with open(os.path.join(workdir, RECORD), 'w') as f:
       json.dump({'init_from': config.init_from, **dataclasses.asdict(p)}, f, indent=2)
   return state
