@@ -57,7 +57,6 @@ def sst2_data(c: ml_collections.ConfigDict, objective: str) -> None:
   c.data.max_len = 64  # Words; the longest train/dev row has 52.
   c.data.vocab_min_count = 2  # Words seen once become [UNK] (which trains it).
   c.data.length_buckets = (16, 32)  # Plus max_len: batches of one bucket, cut to its width.
-  c.data.bucket_power = 1.0  # Bucket drawn with p ~ size ** power (1: each phrase alike).
   c.data.mask_rate = 0.15  # mlm only.
   c.data.word_dropout = 0.1  # classification only: share of train words replaced by [UNK].
 

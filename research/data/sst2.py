@@ -78,18 +78,12 @@ def get_vocab(train_texts: list[str], min_count: int, workdir: str | None,
 
 
 def bucket_train_batch(arrays: pipeline.Batch, lengths: np.ndarray, step: int, *, seed: int,
-                       batch_size: int, buckets: tuple[int, ...],
-                       power: float = 1.0) -> pipeline.Batch:
-  """Global batch `step`: rows of one length bucket, cut to its width.
-
-  A bucket is drawn with probability proportional to (its size) ** power: 1 gives every phrase
-  the same chance, 0 draws the buckets (short, medium, long) equally often.
-  """
+                       batch_size: int, buckets: tuple[int, ...]) -> pipeline.Batch:
+  """Global batch `step`: rows of one length bucket, cut to its width."""
   bucket_of = np.searchsorted(np.asarray(buckets), lengths)  # Smallest width >= the length.
   sizes = np.bincount(bucket_of, minlength=len(buckets))
   rng = np.random.default_rng([seed, step])
-  weights = np.where(sizes > 0, sizes.astype(np.float64) ** power, 0.0)
-  b = rng.choice(len(buckets), p=weights / weights.sum())
+  b = rng.choice(len(buckets), p=sizes / sizes.sum())  # Every phrase equally likely.
   members = np.flatnonzero(bucket_of == b)
   idx = members[rng.choice(len(members), batch_size, replace=len(members) < batch_size)]
   return {k: v[idx, :buckets[b]] if v.ndim == 2 else v[idx] for k, v in arrays.items()}
@@ -168,8 +162,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
   def train_batch(step: int) -> pipeline.Batch:
     # The global batch (masks included) is drawn whole, so it is the same on any process count.
     batch = bucket_train_batch(train, lengths, step, seed=config.seed,
-                               batch_size=config.batch_size, buckets=buckets,
-                               power=config.data.get('bucket_power', 1.0))
+                               batch_size=config.batch_size, buckets=buckets)
     rng = np.random.default_rng([config.seed, step, 1])
     if mlm:
       batch = mask_tokens(batch, rng, config.data.mask_rate, len(vocab))
