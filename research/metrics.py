@@ -58,13 +58,24 @@ def _jsonable(v):
 
 
 def classification_report(confusion_CxC: np.ndarray) -> dict[str, float]:
-  """Macro precision, recall and F1 from a confusion matrix (rows = true, cols = predicted)."""
-  tp = np.diag(confusion_CxC)
-  predicted, actual = confusion_CxC.sum(0), confusion_CxC.sum(1)
+  """Macro precision, recall and F1 from a confusion matrix (rows = true, cols = predicted).
+
+  sklearn's `precision_recall_fscore_support(average='macro')` convention with its defaults
+  (labels=None, zero_division='warn', which scores 0): the average runs over the classes present
+  in the labels or the predictions; a class absent from both (an all-zero row and column) is left
+  out rather than scored 0. A never-predicted class has precision 0 (0/0), a class never in the
+  labels recall 0, and F1 = 2TP / (2TP + FP + FN) (0 when TP = 0). nan for an empty matrix.
+  """
+  confusion = np.asarray(confusion_CxC, dtype=np.float64)
+  tp = np.diag(confusion)
+  predicted, actual = confusion.sum(0), confusion.sum(1)
+  present = (predicted > 0) | (actual > 0)
+  if not present.any():
+    return {'macro_precision': math.nan, 'macro_recall': math.nan, 'macro_f1': math.nan}
+  tp, predicted, actual = tp[present], predicted[present], actual[present]
   precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
   recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-  denom = precision + recall
-  f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+  f1 = 2 * tp / (predicted + actual)  # 2TP + FP + FN; > 0 for every present class.
   return {'macro_precision': float(precision.mean()), 'macro_recall': float(recall.mean()),
           'macro_f1': float(f1.mean())}
 
