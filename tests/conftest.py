@@ -15,6 +15,30 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
+
+
+def in_ci() -> bool:
+  """CI=true (GitHub Actions, GitLab and most runners set it): data tests may not skip there."""
+  return os.environ.get('CI', '').lower() not in ('', '0', 'false', 'no')
+
+
+def shared_data(subdir: str) -> str | None:
+  """`../shared/data/<subdir>` (the offline source files) when it exists, else None."""
+  path = os.path.join(SHARED_DATA, subdir)
+  return path if os.path.isdir(path) else None
+
+
+def require_shared_data(subdir: str) -> str:
+  """`../shared/data/<subdir>`, or a skip without it; under CI a failure, so a missing data
+  folder cannot turn into a green run that tested less."""
+  path = shared_data(subdir)
+  if path is None:
+    message = f'{os.path.join(SHARED_DATA, subdir)} is not available (see ../shared/data/README.md)'
+    if in_ci():
+      pytest.fail(f'{message}; CI={os.environ["CI"]} is set, so this test must run.')
+    pytest.skip(message)
+  return path
 
 
 @pytest.fixture(scope='session')
