@@ -3,9 +3,10 @@ r"""Transformer encoder on MNIST-1D: each 40-step signal is a sequence of 2-step
   python launch.py --config=experiments/mnist1d_encoder.py --workdir=/tmp/mnist1d \
       --config.data.data_dir=/tmp/tfds
 
-Expected (2-core CPU shared with other jobs, measured; see README): test accuracy ~0.xx in a few
-minutes. The MNIST-1D paper (Greydanus 2020) reports logistic regression 32%, MLP 68%, GRU 91%,
-CNN 94% on this 4000/1000 split. Presets: `:default`; `:tiny` a few seconds for tests.
+Expected (2-core CPU shared with other jobs, measured; see README): test accuracy 0.869 after
+3000 steps, 9 minutes. The MNIST-1D paper (Greydanus 2020) reports logistic regression 32%,
+MLP 68%, GRU 91%, CNN 94% on this 4000/1000 split. Presets: `:default`; `:tiny` a few seconds for
+tests.
 """
 
 import ml_collections
@@ -51,11 +52,11 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 1.0
 
   if preset == 'tiny':
-    c.num_train_steps = 100
+    c.num_train_steps = 200
     c.batch_size = 64
     c.log_every_steps = 50
-    c.eval_every_steps = 100
-    c.checkpoint_every_steps = 100
+    c.eval_every_steps = 200
+    c.checkpoint_every_steps = 200
     c.progress_bar = False
     c.model.num_layers = 1
     c.model.d_model = 32

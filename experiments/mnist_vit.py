@@ -3,8 +3,9 @@ r"""ViT-style encoder on MNIST: each 28x28 image is 16 patches of 7x7 pixels plu
   python launch.py --config=experiments/mnist_vit.py --workdir=/tmp/mnist_vit \
       --config.data.data_dir=/tmp/tfds
 
-Expected (2-core CPU shared with other jobs, measured; see README): test accuracy ~0.98 in a few
-minutes. Presets: `:default`; `:tiny` a few seconds of training for tests.
+Expected (2-core CPU shared with other jobs, measured; see README): test accuracy 0.9845 after
+4000 steps (0.974 after 2000), 21 minutes on the busy machine (~10 CPU-minutes). Presets:
+`:default`; `:tiny` a few seconds of training for tests.
 """
 
 import ml_collections

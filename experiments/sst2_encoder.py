@@ -86,12 +86,12 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 3e-4
     c.optimizer.warmup_steps = 100
   elif preset == 'tiny':
-    c.num_train_steps = 80
+    c.num_train_steps = 160
     c.batch_size = 32
     c.eval_batch_size = 256
-    c.log_every_steps = 20
-    c.eval_every_steps = 80
-    c.checkpoint_every_steps = 80
+    c.log_every_steps = 40
+    c.eval_every_steps = 160
+    c.checkpoint_every_steps = 160
     c.progress_bar = False
     tiny_encoder(c)
     c.data.length_buckets = ()  # One shape: one compile.
