@@ -41,9 +41,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.name = 'adamw'  # adamw | sgd | adafactor | lion
   c.optimizer.learning_rate = 1e-3  # Peak.
   c.optimizer.schedule = 'warmup_cosine'  # constant | cosine | warmup_cosine | linear
-  c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_steps = 0  # Linear from learning_rate / warmup_steps at the first update.
   c.optimizer.final_lr_ratio = 0.0  # Decay ends at learning_rate * final_lr_ratio.
-  c.optimizer.weight_decay = 0.0  # Decoupled; matrices only (no biases or norm scales).
+  # Step where the decay ends (warmup included, as nanoGPT's lr_decay_iters); the LR stays final
+  # after it. 0 = num_train_steps at the run's start; recorded, so extending a run keeps it.
+  c.optimizer.decay_steps = 0
+  # Decoupled; kernels and embedding tables only, never biases or norm scales (optimizers.py).
+  c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 0.0  # Global-norm clipping; 0 = off.
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999

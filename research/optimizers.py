@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -11,16 +15,96 @@ from research.config_checks import ConfigError, check_choice
 SCHEDULES = ['constant', 'cosine', 'warmup_cosine', 'linear']
 OPTIMIZERS = ['adamw', 'sgd', 'adafactor', 'lion']
 
+# Weight decay by a parameter's role, read from its name (the last path component), never from
+# its rank: attention biases are (heads, head_dim) and `scan_layers` gives every parameter a
+# layer axis. The convention is nanoGPT's and BERT's: the weights of matmuls (`kernel`,
+# `*_kernel`) and the embedding tables (token `embedding`, `position_embed`, `cls_embed`) decay;
+# biases (`bias`, `*_bias`) and norm scales (`scale`) do not. big_vision decays kernels only; we
+# keep embeddings in so the LM recipes match nanoGPT, which decays wte and wpe.
+DECAYED_ROLES = ('kernel', 'embedding', 'embed')
+UNDECAYED_ROLES = ('bias', 'scale')
+PyTree = Any
+
+
+def _has_role(name: str, roles: tuple[str, ...]) -> bool:
+  return any(name == r or name.endswith('_' + r) for r in roles)
+
+
+def _leaf_name(path: tuple) -> str:
+  key = path[-1]
+  return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+
+
+def is_decayed(path: tuple) -> bool | None:
+  """Whether the parameter at `path` is weight-decayed; None if its name has no known role."""
+  name = _leaf_name(path)
+  if _has_role(name, DECAYED_ROLES):
+    return True
+  return False if _has_role(name, UNDECAYED_ROLES) else None
+
+
+def make_decay_mask(strict: bool = True):
+  """The `mask` for optax's weight decay: one bool per parameter (see DECAYED_ROLES).
+
+  Works on boxed params (`tx.init` sees logical-axis boxes: a box gets one bool, so no
+  MaskedNode ends up inside a box), on plain arrays, and on the MaskedNode-holed trees that
+  `optax.multi_transform` (transfer.partition_optimizer) hands each group. `strict`: a parameter
+  whose name has no known role is a ConfigError (at trace time, before any compute) rather than
+  a silent guess.
+  """
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+
+  def mask(params: PyTree) -> PyTree:
+    unknown = []
+
+    def decide(path, _):
+      decayed = is_decayed(path)
+      if decayed is None:
+        unknown.append('/'.join(_leaf_name(path[:i + 1]) for i in range(len(path))))
+      return bool(decayed)
+
+    out = jax.tree_util.tree_map_with_path(decide, params, is_leaf=is_box)
+    if unknown and strict:
+      raise ConfigError(
+          f'Weight decay: no rule for parameter(s) {unknown[:5]}. Name them *kernel / *embed / '
+          '*embedding (decayed) or *bias / scale (not decayed), or add the role to '
+          'research/optimizers.py DECAYED_ROLES / UNDECAYED_ROLES.')
+    return out
+
+  return mask
+
+
+def schedule_length(opt: ml_collections.ConfigDict, num_train_steps: int) -> int:
+  """The step where the decay ends: `optimizer.decay_steps`, or num_train_steps if 0/None.
+
+  train.py makes decay_steps concrete when a run starts (resume_check.resolve_schedule), so a
+  resumed or extended run keeps the schedule it started with.
+  """
+  steps = opt.get('decay_steps', 0)
+  if steps is None:
+    steps = 0
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+    raise ConfigError(f'config.optimizer.decay_steps must be an integer >= 0 (0 = '
+                      f'num_train_steps at the run\'s start), got {steps!r}.')
+  return steps or num_train_steps
+
+
+def warmup_schedule(peak: float, warmup: int) -> optax.Schedule:
+  """peak * (step + 1) / warmup: the first update already moves (nanoGPT's `lr * (it+1) / warmup`),
+  update `warmup` (step warmup - 1) is the first at the peak."""
+  return lambda step: peak * jnp.minimum(step + 1, warmup) / warmup
+
 
 def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
   """Linear warmup over `warmup_steps` (any schedule), then the decay named by `schedule`.
 
   `warmup_cosine` is `cosine` by its common name; both decay to `final_lr_ratio * learning_rate`
-  at `num_train_steps`, as does `linear`.
+  at step `schedule_length` (decay_steps, else num_train_steps), as does `linear`; the LR stays
+  there after it. The step is the optimizer's update count (see `applied_learning_rate`).
   """
   peak, warmup = opt.learning_rate, opt.warmup_steps
   final = opt.learning_rate * opt.final_lr_ratio
-  decay_steps = max(num_train_steps - warmup, 1)
+  decay_steps = max(schedule_length(opt, num_train_steps) - warmup, 1)
   if opt.schedule == 'constant':
     decay = optax.constant_schedule(peak)
   elif opt.schedule in ('cosine', 'warmup_cosine'):
@@ -29,12 +113,23 @@ def make_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax
     decay = optax.linear_schedule(peak, final, decay_steps)
   if warmup == 0:
     return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+  return optax.join_schedules([warmup_schedule(peak, warmup), decay], [warmup])
 
 
-def decay_mask(params) -> object:
-  """Weight decay on matrices only: biases, norm scales and other vectors are left alone."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+def applied_learning_rate(schedule: optax.Schedule, opt_state: PyTree) -> jax.Array:
+  """The learning rate the next `tx.update` applies: the schedule at the optimizer's own count.
+
+  That count is the number of updates applied, not the train step: with nan_policy='skip' a
+  skipped update keeps the old optimizer state, so it does not advance the schedule (as it does
+  not advance Adam's bias correction); k skipped updates end the run k steps short of the
+  schedule's end. Every ScaleByScheduleState (one per multi_transform group) holds the same count.
+  """
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+  counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=is_sched) if is_sched(s)]
+  if not counts:
+    raise ValueError('No ScaleByScheduleState in the optimizer state: the optimizer was not built '
+                     'by research.optimizers.make_optimizer.')
+  return schedule(counts[0])
 
 
 def make_optimizer(opt: ml_collections.ConfigDict,
@@ -44,6 +139,9 @@ def make_optimizer(opt: ml_collections.ConfigDict,
   check_choice(wrapped, 'optimizer.schedule', SCHEDULES)
   lr = make_schedule(opt, num_train_steps)
   wd = opt.weight_decay
+  # Always masked (even at wd 0) so the optimizer state has one structure; unknown names only
+  # matter when something is decayed.
+  decay_mask = make_decay_mask(strict=bool(wd))
   if opt.name == 'adamw':
     tx = optax.adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=wd, mask=decay_mask)
   elif opt.name == 'sgd':

@@ -9,6 +9,13 @@
 Accepted changes are appended to WORKDIR/config_changes.jsonl (`record`), and train.write_config
 keeps the previous config.json as config.<n>.json, so the history of a workdir is never lost.
 Both happen only after the run's input checked out, so a failed start changes nothing.
+
+The learning-rate schedule (`resolve_schedule`): config.optimizer.decay_steps = 0 means "the
+num_train_steps this run started with", so it is made concrete when a run starts and recorded in
+config.json; a resumed run keeps the recorded length. Raising num_train_steps therefore extends a
+run without moving its schedule: past the schedule's end the LR stays at its final value. Setting
+decay_steps explicitly changes the schedule; any change that moves the LR at the resume step is
+logged with the old and new LR.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 import ml_collections
 from absl import logging
 
+from research import optimizers
 from research.config_checks import ConfigError
 
 REFUSED = ('model.', 'data.name', 'optimizer.name')
@@ -60,18 +68,75 @@ def format_diff(diff: dict[str, tuple]) -> str:
   return '\n'.join(f'  {k}: {json.dumps(a)} -> {json.dumps(b)}' for k, (a, b) in diff.items())
 
 
-def check_resume(workdir: str, config: ml_collections.ConfigDict) -> dict:
-  """Raises ConfigError if resuming WORKDIR with `config` would mix runs; returns the diff."""
-  steps = checkpoint_steps(workdir)
+def recorded_config(workdir: str) -> dict | None:
+  """The config.json of the run whose checkpoints WORKDIR holds, with optimizer.decay_steps
+  concrete; None without checkpoints or a readable record (nothing to resume or compare)."""
   path = os.path.join(workdir, 'config.json')
-  if not steps or not os.path.exists(path):
-    return {}  # Nothing to protect: no checkpoint, or no record of what wrote it.
+  if not checkpoint_steps(workdir) or not os.path.exists(path):
+    return None
   try:
     with open(path) as f:
       old = json.load(f)
   except (OSError, ValueError) as e:
     logging.warning('Cannot read %s (%s); resuming without comparing configs.', path, e)
-    return {}
+    return None
+  opt = old.get('optimizer')
+  if isinstance(opt, dict) and not opt.get('decay_steps'):
+    # Recorded before decay_steps existed (or unresolved): its schedule ended at its
+    # num_train_steps, which is what make_schedule used for it.
+    old['optimizer'] = dict(opt, decay_steps=old.get('num_train_steps'))
+  return old
+
+
+def resolve_schedule(workdir: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose optimizer.decay_steps is concrete (module doc): the explicit value,
+  else the recorded run's schedule length when resuming, else num_train_steps."""
+  steps = optimizers.schedule_length(config.optimizer, 0)  # Validates; 0 = not set.
+  if not steps:
+    old = recorded_config(workdir)
+    recorded = old and old.get('optimizer', {}).get('decay_steps')
+    steps = recorded if isinstance(recorded, int) and recorded > 0 else config.num_train_steps
+  resolved = config.copy_and_resolve_references()
+  resolved.optimizer.decay_steps = steps
+  return resolved
+
+
+def _lr_at(opt: dict, step: int) -> float:
+  return float(optimizers.make_schedule(ml_collections.ConfigDict(opt), opt['decay_steps'])(step))
+
+
+def warn_schedule_change(old: dict, config: ml_collections.ConfigDict, step: int) -> None:
+  """Logs the LR at `step` under the recorded and the new schedule when a change moves it, and
+  where an extended run goes past the end of its schedule."""
+  new_opt = json.loads(config.to_json_best_effort())['optimizer']
+  try:
+    before, after = _lr_at(old['optimizer'], step), _lr_at(new_opt, step)
+  except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as e:
+    logging.warning('Cannot rebuild the recorded LR schedule (%s); not comparing it.', e)
+    return
+  if abs(before - after) > 1e-6 * max(abs(before), abs(after)):
+    changed = ', '.join(f'optimizer.{k} {json.dumps(a)} -> {json.dumps(b)}'
+                        for k, (a, b) in config_diff(old['optimizer'], new_opt).items())
+    logging.warning('The learning-rate schedule changed (%s): the first update after step %d '
+                    '(the newest checkpoint) had LR %.4g and now has %.4g.', changed, step,
+                    before, after)
+  end = new_opt['decay_steps']
+  if config.num_train_steps > max(end, step) and config.num_train_steps != old.get(
+      'num_train_steps'):
+    logging.warning('num_train_steps %s -> %d: the LR schedule keeps its length of %d steps '
+                    '(config.optimizer.decay_steps), so steps %d..%d train at its final LR %.4g. '
+                    'Set config.optimizer.decay_steps to give the schedule another length.',
+                    old.get('num_train_steps'), config.num_train_steps, end, max(end, step) + 1,
+                    config.num_train_steps, _lr_at(new_opt, end))
+
+
+def check_resume(workdir: str, config: ml_collections.ConfigDict) -> dict:
+  """Raises ConfigError if resuming WORKDIR with `config` would mix runs; returns the diff."""
+  old = recorded_config(workdir)
+  if old is None:
+    return {}  # Nothing to protect: no checkpoint, or no record of what wrote it.
+  steps = checkpoint_steps(workdir)
+  config = resolve_schedule(workdir, config)
   diff = config_diff(old, json.loads(config.to_json_best_effort()))
   refused = {k: v for k, v in diff.items() if _matches(k, REFUSED)}
   if refused:
@@ -81,6 +146,7 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict) -> dict:
         'these overrides to continue the saved run. Nothing in the workdir was changed.')
   if not diff:
     return {}
+  warn_schedule_change(old, config, steps[-1])
   risky = {k: v for k, v in diff.items() if not _matches(k, HARMLESS)}
   logging.info('Resuming %s with changed config keys:\n%s', workdir, format_diff(diff))
   if risky:

@@ -101,6 +101,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.check_workdir(workdir)
   is_main = jax.process_index() == 0
   fault = reliability.check_config(config)
+  # optimizer.decay_steps made concrete (a resumed run keeps its recorded schedule length).
+  config = resume_check.resolve_schedule(workdir, config)
   changes = resume_check.check_resume(workdir, config)  # Refuses a changed model.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   model = models.get_model(config.model, dataset.meta)

@@ -227,7 +227,8 @@ def test_harmless_and_risky_changes_are_allowed_and_recorded(tmp_path, caplog):
   config.optimizer.learning_rate = 3e-4
   diff = resume_check.check_resume(workdir, config)
   assert set(diff) == {'num_train_steps', 'step_timeout_s', 'optimizer.learning_rate'}
-  warned = ' '.join(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
+  warned = ' '.join(r.getMessage() for r in caplog.records if r.levelname == 'WARNING'
+                    and 'differ from an uninterrupted' in r.getMessage())
   assert 'optimizer.learning_rate' in warned and 'num_train_steps' not in warned
   resume_check.record(workdir, diff)
   record = json.loads(open(os.path.join(workdir, 'config_changes.jsonl')).read())
@@ -237,6 +238,63 @@ def test_harmless_and_risky_changes_are_allowed_and_recorded(tmp_path, caplog):
   write_config(workdir, smoke_config())
   assert open(os.path.join(workdir, 'config.1.json')).read() == old  # History kept, in order.
   assert json.load(open(os.path.join(workdir, 'config.2.json')))['num_train_steps'] == 600
+
+
+def finished_workdir(tmp_path, recorded_decay_steps):
+  """A workdir whose smoke run (300 steps, warmup 200, cosine to 0) finished at step 300."""
+  workdir = workdir_with_checkpoint(tmp_path, smoke_config())
+  os.mkdir(os.path.join(workdir, 'checkpoints', '300'))
+  path = os.path.join(workdir, 'config.json')
+  recorded = json.load(open(path))
+  if recorded_decay_steps is None:  # Written before the key existed.
+    del recorded['optimizer']['decay_steps']
+  else:
+    recorded['optimizer']['decay_steps'] = recorded_decay_steps
+  json.dump(recorded, open(path, 'w'))
+  return workdir
+
+
+def warnings_of(caplog):
+  return ' '.join(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
+
+
+@pytest.mark.parametrize('recorded', [None, 0, 300])
+def test_extending_a_run_keeps_its_recorded_schedule_length(tmp_path, caplog, recorded):
+  from research.train import write_config
+
+  workdir = finished_workdir(tmp_path, recorded)
+  config = smoke_config()
+  config.num_train_steps = 600
+  resolved = resume_check.resolve_schedule(workdir, config)
+  assert resolved.optimizer.decay_steps == 300 and config.optimizer.decay_steps == 0
+  assert set(resume_check.check_resume(workdir, config)) == {'num_train_steps'}
+  assert ('keeps its length of 300 steps (config.optimizer.decay_steps), so steps 301..600 '
+          'train at its final LR 0') in warnings_of(caplog)
+  assert 'schedule changed' not in warnings_of(caplog)
+  write_config(workdir, resolved)  # As train.py records it; a second extension keeps it too.
+  config.num_train_steps = 900
+  assert resume_check.resolve_schedule(workdir, config).optimizer.decay_steps == 300
+
+
+def test_a_new_schedule_length_on_resume_is_warned_with_the_old_and_new_lr(tmp_path, caplog):
+  workdir = finished_workdir(tmp_path, 300)
+  config = smoke_config()
+  config.num_train_steps = config.optimizer.decay_steps = 600
+  assert resume_check.resolve_schedule(workdir, config).optimizer.decay_steps == 600
+  diff = resume_check.check_resume(workdir, config)
+  assert diff['optimizer.decay_steps'] == (300, 600)
+  # Cosine over steps 200..600 at step 300: 1e-3 * (1 + cos(pi / 4)) / 2.
+  assert ('The learning-rate schedule changed (optimizer.decay_steps 300 -> 600): the first '
+          'update after step 300 (the newest checkpoint) had LR 0 and now has 0.0008536'
+          ) in warnings_of(caplog)
+  assert 'final LR' not in warnings_of(caplog)  # The new schedule covers the extension.
+
+
+def test_a_fresh_run_schedules_over_num_train_steps(tmp_path):
+  config = smoke_config()
+  assert resume_check.resolve_schedule(str(tmp_path), config).optimizer.decay_steps == 300
+  config.optimizer.decay_steps = 1000
+  assert resume_check.resolve_schedule(str(tmp_path), config).optimizer.decay_steps == 1000
 
 
 # --- Signals and config checks -------------------------------------------------------------

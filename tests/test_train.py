@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import experiments.mnist_mlp as mnist_mlp
+from research import optimizers
 from research.train import train_and_evaluate
 
 
@@ -87,7 +88,17 @@ def test_raising_num_train_steps_extends_a_finished_run(finished_run, tmp_path, 
   workdir, _ = finished_run
   extended = str(tmp_path / 'extended')
   shutil.copytree(workdir, extended)
-  summary = train_and_evaluate(smoke_config(data_dir, num_train_steps=350), extended)
+  summary = train_and_evaluate(smoke_config(data_dir, num_train_steps=350, log_every_steps=1),
+                               extended)
   assert summary['step'] == 350
-  steps = [m['step'] for m in read_jsonl(os.path.join(extended, 'metrics.jsonl'))]
+  metrics = read_jsonl(os.path.join(extended, 'metrics.jsonl'))
+  steps = [m['step'] for m in metrics]
   assert max(steps) == 350 and steps.count(300) >= 1
+  # The schedule keeps its original length: past its end the LR stays final (it used to be
+  # stretched over 350 steps, jumping from 0 back to 2.5e-4 at step 301).
+  _, original = optimizers.make_optimizer(smoke_config(data_dir).optimizer, 300)
+  logged = [m['learning_rate'] for m in metrics if m['split'] == 'train' and m['step'] > 300]
+  assert len(logged) == 50 and logged[0] == float(original(300))
+  assert logged == [float(original(300 + 49))] * 50
+  recorded = json.load(open(os.path.join(extended, 'config.json')))
+  assert recorded['num_train_steps'] == 350 and recorded['optimizer']['decay_steps'] == 300
