@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from research.config_checks import ConfigError
+from research.optimizers import applied_learning_rate
 
 PyTree = Any
 # Batch keys passed to the model (when present); the rest feed the loss. `mlm_positions`: where a
@@ -119,8 +120,10 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
   if nan_policy == 'skip':  # Keep the old params and optimizer state; count the skip.
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  # The LR this update used (or would have, if skipped): optax's count, not state.step.
   metrics.update(grad_norm=grad_norm, param_norm=optax.global_norm(params),
-                 learning_rate=schedule(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
+                 learning_rate=applied_learning_rate(schedule, state.opt_state),
+                 nonfinite=1.0 - finite.astype(jnp.float32))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
 
