@@ -90,7 +90,9 @@ def runs(tmp_path_factory, data_dir):
   r.start('full', '--config.fault_injection=enospc_in_save@20', *KEEP_ONE)
   r.start('nan', '--config.fault_injection=nan@23')
   r.start('skip', '--config.fault_injection=nan@23', '--config.nan_policy=skip')
-  r.start('hang', '--config.fault_injection=hang@7', '--config.step_timeout_s=5')
+  # Generous: with 8 runs sharing the CPU, a first step (compile-cache load) past a few seconds
+  # would trip the watchdog before step 7.
+  r.start('hang', '--config.fault_injection=hang@7', '--config.step_timeout_s=20')
   r.start('ext', '--config.num_train_steps=1000000')
   wait_for_metrics(os.path.join(r.workdir('ext'), 'metrics.jsonl'))  # Mid-run for sure.
   r.procs['ext'][0].send_signal(signal.SIGINT)  # A real Ctrl-C from outside.
