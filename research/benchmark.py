@@ -9,7 +9,9 @@ and measures:
   compile      trace + lower, and XLA compile, in seconds.
   bare step    `benchmark.timed_steps` steps after `benchmark.warmup_steps` untimed ones, on
                batches already on the devices, timed from dispatch to `block_until_ready`; run
-               before and again after the full loop (below), and averaged.
+               before and again after the full loop (below), and averaged. Data whose batches
+               change shape from step to step (SST-2's length buckets) is timed at the largest
+               shape training can see (`Dataset.largest_train_batch`), the one the table prints.
   FLOPs        model FLOPs per step counted analytically (research/flops.py states the formulas),
                next to what XLA's cost model counts in the compiled program.
   MFU          achieved model FLOP/s over the devices' peak: `benchmark.peak_flops` if set, else
@@ -27,7 +29,8 @@ and measures:
                for `benchmark.loop_log_intervals` log intervals after the first (which compiles);
                its steps/s against the bare step's is the loop's overhead (logging, metrics,
                input; on CPU also in CPU time). Eval and checkpoints run only at its last step,
-               outside the timed intervals.
+               outside the timed intervals. With batches of varying shape the loop runs on the
+               real mix of widths (and compiles each new one), so no overhead is derived.
 One table goes to stdout and everything to WORKDIR/benchmark.json.
 """
 
@@ -72,7 +75,7 @@ def build_step(config: ml_collections.ConfigDict, dataset: data.Dataset):
   train.py builds them."""
   model = models.get_model(config.model, dataset.meta)
   tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
-  example = {k: v[:1] for k, v in dataset.train_batch(0).items()}
+  example = {k: v[:1] for k, v in dataset.largest_train_batch(0).items()}
   init = functools.partial(init_state, model, tx, example, config.seed)
   boxed = jax.eval_shape(init)
   layout = parallel.make_layout(config.parallel, boxed, config.batch_size)
@@ -229,7 +232,9 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   p_train, state, layout, num_params = build_step(config, dataset)
   bench = config.benchmark
-  batches = [layout.put_batch(dataset.train_batch(s)) for s in range(min(bench.timed_steps, 4))]
+  # One shape for the compiled step: the largest any step can have (SST-2: the widest bucket).
+  host_batches = [dataset.largest_train_batch(s) for s in range(min(bench.timed_steps, 4))]
+  batches = [layout.put_batch(b) for b in host_batches]
   compiled, lower_s, compile_s = compile_step(p_train, state, batches[0], layout)
   peak, peak_source, peak_per_cpu_second = peak_flops(config)
   state = run_steps(compiled, state, batches, bench.warmup_steps)
@@ -244,6 +249,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   state = timed_run(state)
   input_s = time_input(dataset, layout)
+  varying = dataset.widest_train_batch is not None
   loop = time_loop(config, workdir)
   if loop:  # Bare steps before and after the loop, so a load that drifts hits both sides alike.
     state = timed_run(state)
@@ -259,9 +265,9 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
     again = matmul_peak(config.model.get('dtype', 'float32'), CPU_MATMUL_SIZES)
     peak, peak_per_cpu_second = max(peak, again[0]), max(peak_per_cpu_second, again[1])
 
-  shapes = {k: list(v.shape) for k, v in dataset.train_batch(0).items()}
+  shapes = {k: list(v.shape) for k, v in host_batches[0].items()}
   global_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
-                  for k, v in dataset.train_batch(0).items()}
+                  for k, v in host_batches[0].items()}
   counted = flops.train_step_flops(config.model, dataset.meta, global_batch)
   model_flops, formula = counted if counted else (None, 'no formula for this model')
   xla = flops.xla_flops(compiled)
@@ -276,6 +282,8 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'num_params': int(num_params),
       'global_batch': config.batch_size, 'grad_accum_steps': config.get('grad_accum_steps', 1),
       'host_batch_shapes': shapes, 'tokens_per_step': tokens,
+      # True: steps draw batches of several shapes; the bare step is timed at the largest.
+      'batch_shapes_vary': varying,
       'dtype': config.model.get('dtype', 'float32'),
       'param_dtype': config.model.get('param_dtype', 'float32'),
       'platform': jax.devices()[0].platform, 'device_kind': jax.devices()[0].device_kind,
@@ -304,11 +312,12 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        if model_flops and peak_per_cpu_second else None),
       'memory_per_device_bytes': memory(compiled),
       'input_seconds_per_batch': input_s, 'loop': loop,
-      'loop_overhead_frac': 1.0 - loop['steps_per_sec'] * step_s if loop else None,
+      # Not with varying shapes: the loop's batches are mostly narrower than the timed one.
+      'loop_overhead_frac': 1.0 - loop['steps_per_sec'] * step_s if loop and not varying else None,
       # CPU: the loop's extra CPU time per step over the bare step's (logging, metrics, input).
       'loop_overhead_cpu_frac': (loop['cpu_seconds_per_step'] / cpu_step_s - 1.0
                                  if loop and loop['cpu_seconds_per_step'] and peak_per_cpu_second
-                                 else None),
+                                 and not varying else None),
       'load_average_1min': {'start': load_start, 'end': os.getloadavg()[0]},
       'op_profile': ops,
       'jax_version': jax.__version__,
@@ -368,12 +377,15 @@ def format_report(r: dict) -> str:
   ]
   loop = r['loop']
   if loop:
+    overhead = (f'overhead {pct(r["loop_overhead_frac"])} vs the bare step'
+                + (f' ({pct(r["loop_overhead_cpu_frac"])} in CPU time)'
+                   if r['loop_overhead_cpu_frac'] is not None else '')
+                if not r['batch_shapes_vary'] else
+                'on the mix of batch widths training draws (each new one compiled), so not '
+                'compared with the bare step at the widest')
     rows.append(('full loop', f'{loop["steps_per_sec"]:.3g} steps/s over {loop["steps"]} steps at '
-                              f'log_every_steps={loop["log_every_steps"]}: overhead '
-                              f'{pct(r["loop_overhead_frac"])} vs the bare step'
-                              + (f' ({pct(r["loop_overhead_cpu_frac"])} in CPU time)'
-                                 if r['loop_overhead_cpu_frac'] is not None else '')
-                              + f'; waited for input {pct(loop["input_wait_frac"])} of loop time'))
+                              f'log_every_steps={loop["log_every_steps"]}: {overhead}'
+                              f'; waited for input {pct(loop["input_wait_frac"])} of loop time'))
   else:
     rows.append(('full loop', 'not run (config.benchmark.loop_log_intervals=0)'))
   if r.get('op_profile'):
@@ -381,8 +393,11 @@ def format_report(r: dict) -> str:
                             f'(trace in {r["op_profile"]["trace_dir"]})'))
   load = r['load_average_1min']
   rows.append(('load average', f'{load["start"]:.2f} at start, {load["end"]:.2f} at end (1 min)'))
+  shape = r['host_batch_shapes'].get('inputs')
+  if r['batch_shapes_vary']:
+    shape = f'{shape} (the largest of the shapes training draws; timed at it)'
   head = (f'benchmark: {r["model"]} on {r["dataset"]}, {r["num_params"]:,} params, global batch '
-          f'{r["global_batch"]} {r["host_batch_shapes"].get("inputs")}, grad_accum '
+          f'{r["global_batch"]} {shape}, grad_accum '
           f'{r["grad_accum_steps"]}, {r["dtype"]} compute / {r["param_dtype"]} params; '
           f'{r["devices"]} x {r["device_kind"]} ({r["platform"]}), {r["strategy"]} mesh {mesh}')
   width = max(len(k) for k, _ in rows)

@@ -5,7 +5,8 @@
 Nothing is allocated on the devices: the state is `jax.eval_shape`'d, the step is lowered from
 ShapeDtypeStructs carrying the real shardings, and XLA's `memory_analysis()` of the compiled
 executable gives the temporaries. The only data touched is the dataset's metadata and one batch
-on the host, for the input shapes.
+on the host, for the input shapes: the largest batch training can see (`largest_train_batch`;
+for SST-2's length buckets the widest bucket, not step 0's), so the estimate is the run's peak.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def per_device_bytes(abstract: PyTree, shardings: PyTree) -> int:
 
 
 def _abstract_batch(dataset: data.Dataset, global_batch: int) -> dict:
-  """Global-batch ShapeDtypeStructs from one host batch (this process's rows)."""
-  local = dataset.train_batch(0)
+  """Global-batch ShapeDtypeStructs of the largest host batch (this process's rows) any step has."""
+  local = dataset.largest_train_batch(0)
   return {k: jax.ShapeDtypeStruct((global_batch,) + v.shape[1:], v.dtype) for k, v in local.items()}
 
 
@@ -91,6 +92,7 @@ def memory_report(config: ml_collections.ConfigDict, dataset: data.Dataset) -> d
       'num_params': int(sum(x.size for x in jax.tree.leaves(abstract.params))),
       'global_batch': config.batch_size,
       'input_shapes': {k: list(v.shape) for k, v in batch.items()},
+      'batch_shapes_vary': dataset.widest_train_batch is not None,
       'per_device_bytes': {
           'params': params, 'optimizer_state': opt_state,
           'batch': mem.argument_size_in_bytes - per_device_bytes(abstract, shardings)
@@ -108,7 +110,9 @@ def format_report(report: dict) -> str:
   b = report['per_device_bytes']
   lines = [f'dryrun: {report["num_params"]:,} parameters; strategy {report["strategy"]}, '
            f'mesh {mesh} on {report["devices"]} {report["platform"]} devices; global batch '
-           f'{report["global_batch"]} ({report["input_shapes"]}); compiled in '
+           f'{report["global_batch"]} ({report["input_shapes"]}'
+           + ('; the largest of the shapes training draws' if report['batch_shapes_vary'] else '')
+           + f'); compiled in '
            f'{report["compile_seconds"]:.1f}s',
            'per device:',
            f'  parameters        {mib(b["params"])}',

@@ -111,3 +111,20 @@ def test_launch_dryrun_prints_the_memory_table_for_the_lm(tmp_path, data_dir):
   bad = run_launch(args[:-3] + ['--config.parallel.data=1', '--config.parallel.tensor=8'],
                    devices=8, timeout=300)
   assert bad.returncode == 2 and 'is sharded over mesh axes' in bad.stderr
+
+
+def test_dryrun_sizes_sst2_at_its_widest_length_bucket(data_dir):
+  """SST-2 batches change width by length bucket (16, 32, 64); memory must be sized at the widest
+  a run can see, not at step 0's."""
+  from experiments import sst2_encoder
+  from research import data
+
+  config = sst2_encoder.get_config('tiny')
+  config.data.data_dir = data_dir
+  config.data.length_buckets = (16, 32)  # SST-2's own; the :tiny preset turns them off.
+  config.parallel.data = 8
+  dataset = data.get_dataset(config)
+  assert dataset.train_batch(0)['inputs'].shape[1] < config.data.max_len  # Step 0 is narrower.
+  r = dryrun.memory_report(config, dataset)
+  assert r['input_shapes']['inputs'] == r['input_shapes']['input_mask'] == [config.batch_size, 64]
+  assert r['batch_shapes_vary']

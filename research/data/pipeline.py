@@ -27,6 +27,14 @@ class Dataset:
   eval_batches: Callable[[], Iterator[Batch]]  # the whole eval split, padded, with a 0/1 'mask'
   num_eval_examples: int
   meta: dict  # model-facing facts: num_classes, vocab_size, input shape, ...
+  # step -> this process's rows of a train batch of the largest shape any step can have (e.g. the
+  # widest length bucket), for sizing memory and timing at one stated shape; None when every
+  # step's batch has the same shape.
+  widest_train_batch: Callable[[int], Batch] | None = None
+
+  def largest_train_batch(self, step: int = 0) -> Batch:
+    """A train batch of the largest shape training can see (what memory must be sized for)."""
+    return (self.widest_train_batch or self.train_batch)(step)
 
 
 def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:

@@ -78,12 +78,19 @@ def get_vocab(train_texts: list[str], min_count: int, workdir: str | None,
 
 
 def bucket_train_batch(arrays: pipeline.Batch, lengths: np.ndarray, step: int, *, seed: int,
-                       batch_size: int, buckets: tuple[int, ...]) -> pipeline.Batch:
-  """Global batch `step`: rows of one length bucket, cut to its width."""
+                       batch_size: int, buckets: tuple[int, ...],
+                       widest: bool = False) -> pipeline.Batch:
+  """Global batch `step`: rows of one length bucket, cut to its width.
+
+  `widest`: rows of the widest bucket that has any phrase instead (the largest batch shape a run
+  can see: what memory is sized and the benchmark times at).
+  """
   bucket_of = np.searchsorted(np.asarray(buckets), lengths)  # Smallest width >= the length.
   sizes = np.bincount(bucket_of, minlength=len(buckets))
   rng = np.random.default_rng([seed, step])
   b = rng.choice(len(buckets), p=sizes / sizes.sum())  # Every phrase equally likely.
+  if widest:
+    b = int(np.flatnonzero(sizes)[-1])
   members = np.flatnonzero(bucket_of == b)
   idx = members[rng.choice(len(members), batch_size, replace=len(members) < batch_size)]
   return {k: v[idx, :buckets[b]] if v.ndim == 2 else v[idx] for k, v in arrays.items()}
@@ -159,10 +166,10 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
 
   rows = pipeline.process_rows(config.batch_size, process_index, process_count)
 
-  def train_batch(step: int) -> pipeline.Batch:
+  def train_batch(step: int, widest: bool = False) -> pipeline.Batch:
     # The global batch (masks included) is drawn whole, so it is the same on any process count.
     batch = bucket_train_batch(train, lengths, step, seed=config.seed,
-                               batch_size=config.batch_size, buckets=buckets)
+                               batch_size=config.batch_size, buckets=buckets, widest=widest)
     rng = np.random.default_rng([config.seed, step, 1])
     if mlm:
       batch = mask_tokens(batch, rng, config.data.mask_rate, len(vocab))
@@ -180,5 +187,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
           evals, batch_size=config.eval_batch_size, process_index=process_index,
           process_count=process_count),
       num_eval_examples=len(eval_labels),
-      meta=meta)
+      meta=meta,
+      widest_train_batch=(lambda step: train_batch(step, widest=True)) if len(buckets) > 1
+      else None)
 
