@@ -190,6 +190,8 @@ def make_layout(cfg: ml_collections.ConfigDict, boxed_abstract_state: PyTree,
     return Layout('pmap', local, jax.tree.map(lambda _: replicated, abstract),
                   NamedSharding(local, P(PMAP_AXIS)), jax.device_count())
   mesh = make_mesh(cfg, devices)
+  check_process_rows(np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices),
+                     jax.process_count())
   data_parallel = mesh.shape['data'] * mesh.shape['fsdp']
   if global_batch % data_parallel:
     raise ConfigError(
@@ -198,6 +200,31 @@ def make_layout(cfg: ml_collections.ConfigDict, boxed_abstract_state: PyTree,
         'both. Use a multiple of it, or change config.parallel.')
   return Layout('jit', mesh, logical_state_shardings(boxed_abstract_state, mesh),
                 NamedSharding(mesh, P(BATCH_AXES)), data_parallel)
+
+
+def check_process_rows(process_of_device: np.ndarray, process_count: int) -> None:
+  """jit: every process loads its own contiguous 1/process_count of the global batch's rows
+  (data.pipeline.process_rows) and hands them to `make_array_from_process_local_data`, so its
+  devices must hold exactly those rows and no other process's. `process_of_device`: the process
+  of each mesh device, shaped (data, fsdp, tensor). Batch shard s (of data x fsdp, row-major) holds
+  the s-th block of rows; process p must hold shards p*q .. (p+1)*q - 1, q = shards / processes.
+  Otherwise (e.g. data=1, tensor spanning two processes) each process would supply only part of
+  the rows its devices need, and JAX would silently assemble a wrong batch."""
+  data, fsdp, tensor = process_of_device.shape
+  shards = data * fsdp
+  if shards % process_count:
+    raise ConfigError(
+        f'config.parallel data={data} x fsdp={fsdp} splits the batch {shards} way(s), but each of '
+        f'the {process_count} processes loads its own 1/{process_count} of the rows: data x fsdp '
+        f'must be a multiple of the process count {process_count} (tensor={tensor} copies the '
+        'same rows). Raise data or fsdp (and lower tensor), or run fewer processes.')
+  want = np.repeat(np.arange(process_count), shards // process_count)[:, None]
+  if not np.all(process_of_device.reshape(shards, tensor) == want):
+    raise ConfigError(
+        f'The (data={data}, fsdp={fsdp}, tensor={tensor}) mesh puts devices of one process on '
+        'batch rows another process loads (device order: process of each device = '
+        f'{process_of_device.reshape(-1).tolist()}). Each process\'s devices must form a '
+        'contiguous block of the data x fsdp axes; change config.parallel.')
 
 
 def compile_steps(layout: Layout, train_step, eval_step):

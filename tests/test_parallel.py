@@ -1,11 +1,14 @@
 """Every layout trains the same model the same way; shardings follow RULES; bad layouts fail early.
 
 In-process (8 fake CPU devices): one device, 8-way data, FSDP, tensor, a 2x2x2 mix and pmap run
-the same steps from the same init and must agree on every loss and the final parameters. A state
-saved from the FSDP run restores onto 4 devices, 1 device and pmap and continues identically.
+the same steps from the same init and must agree on every loss and the final parameters, also
+with dropout on (the MLP, the LM with attention dropout, the encoder) and with gradient
+accumulation. A state saved from the FSDP run restores onto 4 devices, 1 device and pmap and
+continues identically.
 """
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -37,9 +40,9 @@ def parallel_config(**kw) -> ml_collections.ConfigDict:
   return cfg
 
 
-def mlp_case():
+def mlp_case(dropout: float = 0.0):
   model = models.get_model(ml_collections.ConfigDict(dict(
-      name='mlp', widths=(64, 32), activation='relu', dropout_rate=0.0)), {'num_classes': 10})
+      name='mlp', widths=(64, 32), activation='relu', dropout_rate=dropout)), {'num_classes': 10})
   rng = np.random.default_rng(0)
   inputs = [rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32) for _ in range(2 * STEPS)]
   # The label is the largest of the first 10 pixels: learnable in a few steps.
@@ -55,7 +58,7 @@ def lm_model(**overrides):
   return models.get_model(ml_collections.ConfigDict(cfg), {'vocab_size': 48, 'block_size': 16})
 
 
-def lm_case():
+def lm_case(dropout: float = 0.0):
   # Counting sequences (each token is the previous + 1): learnable in a few steps.
   rng = np.random.default_rng(1)
   batches = []
@@ -63,10 +66,32 @@ def lm_case():
     tokens = (rng.integers(0, 48, (BATCH, 1)) + np.arange(17)) % 48
     batches.append({'inputs': tokens[:, :-1].astype(np.int32),
                     'targets': tokens[:, 1:].astype(np.int32)})
-  return lm_model(), batches
+  return lm_model(dropout_rate=dropout, attention_dropout_rate=dropout), batches
+
+
+def encoder_case(dropout: float = 0.0):
+  """A token classifier with padding: the label is whether the first token is in the upper half."""
+  cfg = dict(name='transformer_encoder', num_layers=1, d_model=32, num_heads=8, d_ff=64,
+             dropout_rate=dropout, attention_dropout_rate=dropout, pooling='cls')
+  model = models.get_model(ml_collections.ConfigDict(cfg), {
+      'task': 'classification', 'num_classes': 2, 'vocab_size': 48, 'max_len': 12})
+  rng = np.random.default_rng(2)
+  batches = []
+  for _ in range(2 * STEPS):
+    tokens = rng.integers(1, 48, (BATCH, 12))
+    mask = np.arange(12)[None] < rng.integers(4, 13, (BATCH, 1))
+    batches.append({'inputs': np.where(mask, tokens, 0).astype(np.int32),
+                    'input_mask': mask.astype(np.int32),
+                    'targets': (tokens[:, 0] >= 24).astype(np.int32)})
+  return model, batches
 
 
 CASES = {'mlp': mlp_case, 'lm': lm_case}
+# Dropout on everywhere the model has it (the LM and encoder: attention probabilities too).
+DROPOUT_CASES = {'mlp dropout': functools.partial(mlp_case, 0.3),
+                 'lm dropout': functools.partial(lm_case, 0.2),
+                 'encoder dropout': functools.partial(encoder_case, 0.2)}
+NO_DROPOUT = {'mlp dropout': 'mlp', 'lm dropout': 'lm'}
 LAYOUT_DEVICES = {'1 device': 1, '4 devices, fsdp=4': 4}
 LAYOUTS['4 devices, fsdp=4'] = dict(data=1, fsdp=4)  # Only as a restore target.
 
@@ -75,26 +100,27 @@ class Case:
   """A model, its batches and its initial state: built once, placed on each layout by device_put."""
 
   def __init__(self, name: str, tx=None):
-    self.model, self.batches = CASES[name]()
-    self.tx = tx or optax.adam(1e-2)
+    self.model, self.batches = {**CASES, **DROPOUT_CASES}[name]()
+    self.tx = tx or optax.adam(optax.constant_schedule(1e-2))
     example = {k: v[:1] for k, v in self.batches[0].items()}
     self.init = functools.partial(init_state, self.model, self.tx, example, 0)
     self.boxed = jax.eval_shape(self.init)
     self.state0 = jax.device_get(jax.jit(lambda: nn.unbox(self.init()))())
     self._steps = {}
 
-  def layout_and_step(self, layout_name: str):
-    """The layout and its compiled train step (compiled once per case and layout)."""
-    if layout_name not in self._steps:
+  def layout_and_step(self, layout_name: str, grad_accum_steps: int = 1):
+    """The layout and its compiled train step (compiled once per case, layout and accumulation)."""
+    if (layout_name, grad_accum_steps) not in self._steps:
       n = LAYOUT_DEVICES.get(layout_name)
       layout = parallel.make_layout(parallel_config(**LAYOUTS[layout_name]), self.boxed, BATCH,
                                     jax.devices()[:n] if n else None)
       p_train, _ = parallel.compile_steps(
           layout, functools.partial(train_step, apply_fn=self.model.apply, tx=self.tx,
-                                    schedule=optax.constant_schedule(1e-2)),
+                                    schedule=optax.constant_schedule(1e-2),
+                                    grad_accum_steps=grad_accum_steps),
           functools.partial(eval_step, apply_fn=self.model.apply))
-      self._steps[layout_name] = layout, p_train
-    return self._steps[layout_name]
+      self._steps[layout_name, grad_accum_steps] = layout, p_train
+    return self._steps[layout_name, grad_accum_steps]
 
   def placed_state(self, layout):
     return jax.device_put(self.state0, layout.state_sharding)
@@ -120,23 +146,45 @@ def host_params(state) -> list[np.ndarray]:
 
 
 @functools.cache
-def train_layout(case_name: str, layout_name: str):
+def train_layout(case_name: str, layout_name: str, grad_accum_steps: int = 1):
   c = case(case_name)
-  layout, p_train = c.layout_and_step(layout_name)
+  layout, p_train = c.layout_and_step(layout_name, grad_accum_steps)
   # One batch, STEPS times: the loss must fall, so agreement is not that of a frozen model.
   losses, state = run(p_train, layout, c.placed_state(layout), c.batches[:1] * STEPS)
   return losses, host_params(state)
 
 
-@pytest.mark.parametrize('case_name', list(CASES))
+def assert_same_training(got, want):
+  (losses, params), (ref_losses, ref_params) = got, want
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+  for g, w in zip(params, ref_params, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5)  # Reduction order differs.
+
+
+@pytest.mark.parametrize('case_name', [*CASES, *DROPOUT_CASES])
 @pytest.mark.parametrize('layout_name', [n for n in LAYOUTS if n not in LAYOUT_DEVICES])
 def test_every_layout_matches_one_device(case_name, layout_name):
-  ref_losses, ref_params = train_layout(case_name, '1 device')
-  losses, params = train_layout(case_name, layout_name)
-  assert ref_losses[-1] < 0.9 * ref_losses[0]
-  np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
-  for got, want in zip(params, ref_params, strict=True):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)  # Reduction order differs.
+  ref = train_layout(case_name, '1 device')
+  assert ref[0][-1] < 0.9 * ref[0][0]
+  assert_same_training(train_layout(case_name, layout_name), ref)
+
+
+@pytest.mark.parametrize('case_name', list(NO_DROPOUT))
+def test_dropout_cases_do_drop(case_name):
+  # Agreement with dropout on would be vacuous if the masks were never applied.
+  with_dropout, without = (train_layout(name, '1 device')[0]
+                           for name in (case_name, NO_DROPOUT[case_name]))
+  assert not np.allclose(with_dropout, without, rtol=1e-3), (with_dropout, without)
+
+
+@pytest.mark.parametrize('case_name', list(DROPOUT_CASES))
+@pytest.mark.parametrize('layout_name, grad_accum_steps', [('1 device', 2), ('1 device', 4),
+                                                            ('pmap', 2)])
+def test_grad_accumulation_keeps_each_examples_dropout_masks(case_name, layout_name,
+                                                             grad_accum_steps):
+  # Micro-batch i holds rows i, i + k, ...: each row keeps the masks it has without accumulation.
+  assert_same_training(train_layout(case_name, layout_name, grad_accum_steps),
+                       train_layout(case_name, '1 device'))
 
 
 def _expected_spec(names: tuple) -> tuple:
@@ -175,7 +223,7 @@ def test_each_parameter_is_sharded_as_the_rules_say(case_name):
 
 def test_adafactor_factored_moments_get_valid_shardings_and_train():
   # Adafactor's row/column statistics inherit their parameter's logical names but not its shape.
-  c = Case('mlp', tx=optax.adafactor(1e-2))
+  c = Case('mlp', tx=optax.adafactor(optax.constant_schedule(1e-2)))
   layout, p_train = c.layout_and_step('data2xfsdp2xtensor2')
   for leaf, sharding in zip(jax.tree.leaves(nn.unbox(c.boxed.opt_state)),
                             jax.tree.leaves(layout.state_sharding.opt_state), strict=True):
@@ -207,6 +255,33 @@ def test_checkpoint_from_fsdp8_restores_on_4_devices_1_device_and_pmap(tmp_path)
     for got, want in zip(host_params(final), host_params(want_state), strict=True):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5, err_msg=name)
   manager.close()
+
+
+def process_major(shape: tuple[int, int, int], processes: int) -> np.ndarray:
+  """Each mesh device's process, as jax.make_mesh orders them: process 0's devices first."""
+  return np.repeat(np.arange(processes), math.prod(shape) // processes).reshape(shape)
+
+
+@pytest.mark.parametrize('shape, processes', [
+    ((1, 1, 8), 2),  # tensor spans both processes: each would feed half the rows.
+    ((2, 1, 4), 4),
+    ((1, 2, 2), 4),
+])
+def test_a_batch_split_fewer_ways_than_processes_is_refused(shape, processes):
+  process_of_device = process_major(shape, processes)
+  with pytest.raises(ConfigError, match=f'must be a multiple of the process count {processes}'):
+    parallel.check_process_rows(process_of_device, processes)
+
+
+@pytest.mark.parametrize('shape, processes', [((2, 2, 2), 2), ((2, 1, 4), 2), ((1, 4, 2), 4),
+                                              ((8, 1, 1), 8), ((1, 1, 8), 1)])
+def test_a_batch_split_over_every_process_is_accepted(shape, processes):
+  parallel.check_process_rows(process_major(shape, processes), processes)
+
+
+def test_a_mesh_that_interleaves_processes_on_the_batch_axes_is_refused():
+  with pytest.raises(ConfigError, match='puts devices of one process on batch rows another'):
+    parallel.check_process_rows(np.tile([0, 1], 4).reshape(2, 1, 4), 2)
 
 
 def _boxed(model, batches):

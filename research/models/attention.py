@@ -9,9 +9,13 @@ takes the explicit softmax path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from research.models.dropout import Dropout
 
 IMPLEMENTATIONS = ('xla', 'cudnn')
 
@@ -32,7 +36,8 @@ def causal_mask(length: int) -> jax.Array:
 
 
 def explicit_attention(q_BxLxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
-                       mask: jax.Array | None, dropout: nn.Module) -> jax.Array:
+                       mask: jax.Array | None,
+                       dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
   """Softmax attention written out, for dropout on the probabilities (the fused path has none)."""
   groups = q_BxLxHxD.shape[2] // k_BxSxKxD.shape[2]
   k = jnp.repeat(k_BxSxKxD, groups, axis=2)
@@ -97,7 +102,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxE: jax.Array, *, mask: jax.Array | None = None,
                is_causal: bool = False, positions_L: jax.Array | None = None,
-               decode_index: jax.Array | None = None, train: bool = False) -> jax.Array:
+               decode_index: jax.Array | None = None, train: bool = False,
+               rows: jax.Array | None = None) -> jax.Array:
     q = self._proj(x_BxLxE, self.num_heads, 'heads', 'query')
     k = self._proj(x_BxLxE, self.num_kv_heads, 'kv_heads', 'key')
     v = self._proj(x_BxLxE, self.num_kv_heads, 'kv_heads', 'value')
@@ -111,7 +117,8 @@ class Attention(nn.Module):
     if train and self.dropout_rate > 0:
       if is_causal:
         mask = causal_mask(q.shape[1]) if mask is None else mask & causal_mask(q.shape[1])
-      out = explicit_attention(q, k, v, mask, nn.Dropout(self.dropout_rate, deterministic=False))
+      dropout = Dropout(self.dropout_rate)
+      out = explicit_attention(q, k, v, mask, lambda p: dropout(p, rows, deterministic=False))
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                          implementation=self.implementation)

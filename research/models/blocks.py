@@ -17,6 +17,7 @@ import ml_collections
 
 from research.config_checks import ConfigError, suggest
 from research.models.attention import IMPLEMENTATIONS, Attention
+from research.models.dropout import Dropout
 
 NORMS = ('layernorm', 'rmsnorm')
 MLPS = ('gelu', 'swiglu')
@@ -173,9 +174,10 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxE: jax.Array, mask: jax.Array | None, is_causal: bool,
                positions_L: jax.Array | None, decode_index: jax.Array | None,
-               train: bool) -> jax.Array:
+               train: bool, rows: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
-    drop = nn.Dropout(cfg.dropout_rate, deterministic=not train)
+    dropout = Dropout(cfg.dropout_rate)
+    drop = lambda h: dropout(h, rows, deterministic=not train)
     h = make_norm(cfg, 'attn_norm')(x_BxLxE)
     h = Attention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
@@ -184,7 +186,7 @@ class Block(nn.Module):
         out_init_std=residual_init_std(cfg), implementation=cfg.attention_impl,
         decode=cfg.decode, max_len=cfg.max_len, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         name='attn')(h, mask=mask, is_causal=is_causal, positions_L=positions_L,
-                     decode_index=decode_index, train=train)
+                     decode_index=decode_index, train=train, rows=rows)
     x_BxLxE = x_BxLxE + drop(h)
     h = Mlp(cfg, name='mlp')(make_norm(cfg, 'mlp_norm')(x_BxLxE))
     return x_BxLxE + drop(h)
@@ -196,9 +198,9 @@ class _ScanLayer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxE, mask, is_causal, positions_L, decode_index, train):
+  def __call__(self, x_BxLxE, mask, is_causal, positions_L, decode_index, train, rows):
     return Block(self.cfg, name='block')(x_BxLxE, mask, is_causal, positions_L, decode_index,
-                                         train), None
+                                         train, rows), None
 
 
 def _maybe_remat(cls, cfg: TransformerConfig):
@@ -217,9 +219,10 @@ class TransformerStack(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxE: jax.Array, *, mask: jax.Array | None = None,
                is_causal: bool = False, positions_L: jax.Array | None = None,
-               decode_index: jax.Array | None = None, train: bool = False) -> jax.Array:
+               decode_index: jax.Array | None = None, train: bool = False,
+               rows: jax.Array | None = None) -> jax.Array:
     cfg = self.cfg
-    args = (mask, is_causal, positions_L, decode_index, train)
+    args = (mask, is_causal, positions_L, decode_index, train, rows)
     if cfg.scan_layers:
       layers = nn.scan(_maybe_remat(_ScanLayer, cfg),
                        variable_axes={'params': 0, 'cache': 0},

@@ -27,6 +27,7 @@ import ml_collections
 
 from research.config_checks import ConfigError, suggest
 from research.models import blocks
+from research.models.dropout import Dropout
 
 POOLINGS = ('cls', 'mean')
 HEADS = ('classifier', 'mlm')
@@ -85,7 +86,9 @@ class TransformerEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, input_mask: jax.Array | None = None,
-               mlm_positions: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+               mlm_positions: jax.Array | None = None, *, train: bool = False,
+               rows: jax.Array | None = None) -> jax.Array:
+    """`rows`: each example's row in the global batch (keys its dropout masks)."""
     cfg = self.cfg
     embed = None
     if self.vocab_size:
@@ -110,20 +113,22 @@ class TransformerEncoder(nn.Module):
     if cfg.positions == 'learned':
       table = self._param('position_embed', (cfg.max_len, cfg.d_model), ('length', 'embed'))
       x_BxLxE = x_BxLxE + table[:total][None]
-    x_BxLxE = nn.Dropout(cfg.dropout_rate, deterministic=not train)(x_BxLxE)
+    x_BxLxE = Dropout(cfg.dropout_rate)(x_BxLxE, rows, deterministic=not train)
     # Bidirectional: every query sees every valid key; padded keys are never attended.
     attn_mask = None if mask_BxL is None else mask_BxL[:, None, None, :]
     x_BxLxE = blocks.TransformerStack(cfg, name='stack')(
-        x_BxLxE, mask=attn_mask, is_causal=False, positions_L=positions_L, train=train)
+        x_BxLxE, mask=attn_mask, is_causal=False, positions_L=positions_L, train=train,
+        rows=rows)
     x_BxLxE = blocks.make_norm(cfg, 'final_norm')(x_BxLxE)
     if self.head == 'mlm':
       x_BxLxE = x_BxLxE[:, total - length:]  # Drop [CLS]: one output per input token.
       if mlm_positions is not None:
         x_BxLxE = jnp.take_along_axis(x_BxLxE, mlm_positions[..., None].astype(jnp.int32), 1)
       return self._mlm_logits(x_BxLxE, embed)
-    return self._classify(x_BxLxE, mask_BxL, train)
+    return self._classify(x_BxLxE, mask_BxL, train, rows)
 
-  def _classify(self, x_BxLxE: jax.Array, mask_BxL: jax.Array | None, train: bool) -> jax.Array:
+  def _classify(self, x_BxLxE: jax.Array, mask_BxL: jax.Array | None, train: bool,
+                rows: jax.Array | None) -> jax.Array:
     if self.pooling == 'cls':
       pooled_BxE = x_BxLxE[:, 0]
     elif mask_BxL is None:
@@ -131,7 +136,7 @@ class TransformerEncoder(nn.Module):
     else:  # Mean over valid tokens only; an all-padding row (padded eval example) gives zeros.
       weights = mask_BxL.astype(x_BxLxE.dtype)[..., None]
       pooled_BxE = (x_BxLxE * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-    pooled_BxE = nn.Dropout(self.cfg.dropout_rate, deterministic=not train)(pooled_BxE)
+    pooled_BxE = Dropout(self.cfg.dropout_rate)(pooled_BxE, rows, deterministic=not train)
     logits_BxC = self._dense(self.num_outputs, ('embed', 'classes'), 'head')(pooled_BxE)
     return logits_BxC.astype(jnp.float32)
 

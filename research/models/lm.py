@@ -16,6 +16,7 @@ import ml_collections
 
 from research.config_checks import ConfigError
 from research.models import blocks
+from research.models.dropout import Dropout
 
 
 class TransformerLM(nn.Module):
@@ -24,7 +25,9 @@ class TransformerLM(nn.Module):
   tie_embeddings: bool = True
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, inputs: jax.Array, *, train: bool = False,
+               rows: jax.Array | None = None) -> jax.Array:
+    """`rows`: each example's row in the global batch (keys its dropout masks)."""
     cfg = self.cfg
     length = inputs.shape[1]
     if cfg.decode:
@@ -51,10 +54,10 @@ class TransformerLM(nn.Module):
                                                       ('length', 'embed')),
                          (cfg.max_len, cfg.d_model), cfg.param_dtype)
       x_BxLxE = x_BxLxE + jnp.take(table, positions_L, axis=0).astype(cfg.dtype)[None]
-    x_BxLxE = nn.Dropout(cfg.dropout_rate, deterministic=not train)(x_BxLxE)
+    x_BxLxE = Dropout(cfg.dropout_rate)(x_BxLxE, rows, deterministic=not train)
     x_BxLxE = blocks.TransformerStack(cfg, name='stack')(
         x_BxLxE, mask=mask, is_causal=is_causal, positions_L=positions_L, decode_index=start,
-        train=train)
+        train=train, rows=rows)
     x_BxLxE = blocks.make_norm(cfg, 'final_norm')(x_BxLxE)
     if self.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxE)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from research.models.dropout import Dropout
 
 ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu, 'silu': nn.silu, 'tanh': jnp.tanh}
 
@@ -24,7 +27,9 @@ class MLP(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+  def __call__(self, inputs: jnp.ndarray, *, train: bool = False,
+               rows: jax.Array | None = None) -> jnp.ndarray:
+    """`rows`: each example's row in the global batch (keys its dropout masks)."""
     x = inputs.reshape((inputs.shape[0], -1)).astype(self.dtype)
     in_axis = 'embed'
     for i, width in enumerate(self.widths):
@@ -35,7 +40,7 @@ class MLP(nn.Module):
                                                    (in_axis, out_axis)),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (out_axis,)))(x)
       x = ACTIVATIONS[self.activation](x)
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = Dropout(self.dropout_rate)(x, rows, deterministic=not train)
       in_axis = out_axis
     logits_BxC = nn.Dense(
         self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head',
