@@ -25,7 +25,8 @@ from research.optimizers import applied_learning_rate
 PyTree = Any
 # Batch keys passed to the model (when present); the rest feed the loss. `mlm_positions`: where a
 # masked-LM predicts (research/models/encoder.py), so it needs no logits at the other positions.
-MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions')
+# `rows`: each example's row in the global batch, added by train_step (keys dropout masks).
+MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions', 'rows')
 
 
 @flax.struct.dataclass
@@ -86,11 +87,13 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
 
   With `grad_accum_steps` k > 1 the batch is cut into k micro-batches whose gradients are summed
   in a `lax.scan` (one micro-batch of activations alive at a time): the same update as one step
-  on the whole batch, up to float summation order (dropout masks differ).
+  on the whole batch, up to float summation order (each example keeps its dropout masks).
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  if axis_name is not None:  # pmap: each device draws its own dropout masks.
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  # One key for every device and micro-batch: each example's masks come from it and the example's
+  # global row (research/models/dropout.py), so they depend on neither the strategy, nor the
+  # device count, nor grad_accum_steps. Unused (and compiled away) when dropout is off.
+  batch = dict(batch, rows=global_rows(batch, axis_name))
 
   def loss_fn(params, micro_batch, rng, weight):
     logits = apply_fn({'params': for_compute(params, compute_sharding)},
@@ -128,6 +131,18 @@ def train_step(state: TrainState, batch: dict, *, apply_fn: Callable,
   return new_state, metrics
 
 
+def global_rows(batch: dict, axis_name: str | None) -> jax.Array:
+  """Each row's index in the global batch. jit: the step sees the whole batch. pmap: device a
+  of the axis holds rows a*n .. a*n + n - 1, as pmap orders devices by process, then local device
+  (jax's pmap), put_batch gives local device d the d-th block of its process's rows, and each
+  process holds a contiguous block of the global batch (data.pipeline.process_rows)."""
+  n = next(iter(batch.values())).shape[0]
+  rows = jnp.arange(n, dtype=jnp.int32)
+  if axis_name is not None:
+    rows = rows + jax.lax.axis_index(axis_name).astype(jnp.int32) * n
+  return rows
+
+
 def micro_batches(batch: dict, steps: int) -> dict:
   """(steps, B/steps, ...): micro-batch i holds rows i, i + steps, i + 2 * steps, ... so each
   device's contiguous share of the rows splits evenly over the micro-batches (no rows move)."""
@@ -148,12 +163,11 @@ def accumulate_gradients(grad_fn: Callable, params: PyTree, batch: dict, rng: ja
   (_, sums_shape), grads_shape = jax.eval_shape(grad_fn, params, first, rng)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, sums_shape))
 
-  def body(acc, i_and_batch):
-    i, micro_batch = i_and_batch
-    (_, sums), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+  def body(acc, micro_batch):
+    (_, sums), grads = grad_fn(params, micro_batch, rng)  # Masks differ by micro_batch['rows'].
     return jax.tree.map(jnp.add, acc, (grads, sums)), None
 
-  (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(steps), micro))
+  (grads, sums), _ = jax.lax.scan(body, zeros, micro)
   return grads, sums
 
 
