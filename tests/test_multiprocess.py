@@ -5,6 +5,7 @@
 * A checkpoint written by 8 devices with fsdp=8 resumes on 4 devices and on 1 and finishes with
   the same losses as the uninterrupted run.
 * A coordinator that never answers fails within the timeout, with a message, instead of hanging.
+* A mesh whose data x fsdp does not split over the processes is refused before compute.
 
 Every subprocess runs under `timeout -s KILL`: a process stuck in a collective ignores SIGTERM.
 """
@@ -118,6 +119,23 @@ def test_coordinator_that_never_answers_fails_within_the_timeout(tmp_path, data_
   assert procs[1].returncode == distributed.EXIT_TIMEOUT, outs[1][-2000:]
   assert 'did not come together within 3s' in outs[1]
   assert 'preflight' not in outs[0] + outs[1]  # Nothing was computed.
+
+
+def test_a_mesh_that_splits_the_batch_fewer_ways_than_processes_fails_before_compute(tmp_path):
+  # One device per process, tensor=2 spans both: each would feed half the rows its device needs.
+  port = free_port()
+  procs = [start([*LM_ARGS, '--config.parallel.data=1', '--config.parallel.tensor=2',
+                  f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                  '--initialization_timeout=120', f'--workdir={tmp_path / str(i)}',
+                  f'--process_id={i}'], 1, str(tmp_path / f'data{i}'))  # No shared TFDS build.
+           for i in range(2)]
+  outs = [p.communicate()[0] for p in procs]
+  for p, out in zip(procs, outs, strict=True):
+    assert 'error: config.parallel data=1 x fsdp=1 splits the batch 1 way(s)' in out, out[-2000:]
+    assert 'must be a multiple of the process count 2' in out
+    assert 'preflight' not in out  # Refused before any compute.
+    assert p.returncode != 0
+  assert procs[0].returncode == 2, outs[0][-2000:]  # The other may be torn down with its peer.
 
 
 @pytest.mark.parametrize('kw, match', [
