@@ -1,7 +1,8 @@
 """Several processes, other device counts: subprocesses of launch.py on 127.0.0.1 only.
 
 * Two processes x 4 CPU devices joined by jax.distributed (gloo collectives) train the LM on a
-  (data, fsdp, tensor) = (2, 2, 2) mesh that spans both, and match one process with 8 devices.
+  (data, fsdp, tensor) = (2, 2, 2) mesh that spans both, and with pmap over the 8 devices, and
+  both match one process with 8 devices, with dropout on (the same masks whatever the layout).
 * A checkpoint written by 8 devices with fsdp=8 resumes on 4 devices and on 1 and finishes with
   the same losses as the uninterrupted run.
 * A coordinator that never answers fails within the timeout, with a message, instead of hanging.
@@ -27,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_LIMIT_S = 240
 LM_ARGS = ['--config=experiments/shakespeare_char.py:tiny', '--config.num_train_steps=8',
            '--config.log_every_steps=2', '--config.eval_every_steps=8',
-           '--config.checkpoint_every_steps=4', '--config.sample.num_tokens=0']
+           '--config.checkpoint_every_steps=4', '--config.sample.num_tokens=0',
+           '--config.model.dropout_rate=0.1', '--config.model.attention_dropout_rate=0.1']
 
 
 def free_port() -> int:
@@ -88,6 +90,19 @@ def test_two_processes_match_one_process(tmp_path, reference, data_dir):
   got = metrics(str(tmp_path))  # Written by process 0 only: one line per log point.
   assert_same_run(got, metrics(reference))
   assert got[-1]['split'] == 'eval' and got[-1]['num_targets'] == 55769
+
+
+def test_two_processes_with_pmap_match_one_process(tmp_path, reference, data_dir):
+  # Also checks that pmap numbers its devices process-major, as train_step.global_rows assumes.
+  port = free_port()
+  join = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+          '--initialization_timeout=120']
+  procs = [start([*LM_ARGS, '--config.parallel.strategy=pmap', *join, f'--workdir={tmp_path}',
+                  f'--process_id={i}'], 4, data_dir) for i in range(2)]
+  outs = finish(procs)
+  for i, out in enumerate(outs):
+    assert f'preflight: process {i}/2, 4 local / 8 global devices (cpu), strategy pmap' in out
+  assert_same_run(metrics(str(tmp_path)), metrics(reference))
 
 
 def test_checkpoint_from_8_devices_resumes_on_4_and_on_1(tmp_path, reference, data_dir):
