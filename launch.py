@@ -63,7 +63,7 @@ def quiet_library_info_logs() -> None:
 
 def join_distributed_job() -> None:
   """Before any JAX computation: one global device list over all processes, if asked."""
-  from research import distributed
+  from research.runtime import distributed
 
   distributed.initialize(distributed.Request(
       FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   quiet_library_info_logs()
-  from research.config_checks import ConfigError
-  from research.reliability import RunError, exit_process, exit_with_error, in_distributed_job
+  from research.errors import ConfigError, RunError
+  from research.runtime.heartbeat import exit_process, exit_with_error, in_distributed_job
 
   try:
     if FLAGS.sweep:
@@ -94,29 +94,29 @@ def main(argv: list[str]) -> None:
 
       train_and_evaluate(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'benchmark':
-      from research.benchmark import benchmark
+      from research.tools.benchmark import benchmark
 
       benchmark(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'dryrun':
-      from research.dryrun import dryrun
+      from research.tools.dryrun import dryrun
 
       dryrun(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'sweep':
-      from research.sweep_run import cli
+      from research.tools.sweep_run import cli
 
       sys.exit(cli(FLAGS['config'], FLAGS.workdir, FLAGS.parallel))
     elif FLAGS.mode == 'sample':
-      from research.sampling import sample_from_workdir
+      from research.tools.sample import sample_from_workdir
 
       print(sample_from_workdir(FLAGS.config, FLAGS.workdir, prompt=FLAGS.prompt,
                                 num_tokens=FLAGS.num_tokens, temperature=FLAGS.temperature,
                                 top_k=FLAGS.top_k, seed=FLAGS.seed))
     elif FLAGS.mode == 'report':
-      from research.report import write_report
+      from research.tools.report import write_report
 
       write_report(FLAGS.workdir)
     elif FLAGS.mode == 'export':
-      from research.export import export_workdir, summary
+      from research.tools.export import export_workdir, summary
 
       print(summary(export_workdir(FLAGS.workdir, FLAGS.checkpoint)))
   except ConfigError as e:
@@ -144,7 +144,8 @@ def override_error(argv: list[str], error: Exception) -> str:
   """Names the --config.KEY override that matches no key, with the closest existing key."""
   import importlib.util
 
-  from research.config_checks import ConfigError, get_dotted
+  from research.config_checks import get_dotted
+  from research.errors import ConfigError
 
   spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), '')
   try:  # The config as config_flags loads it: FILE[:PRESET] -> get_config(PRESET).

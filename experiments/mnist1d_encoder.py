@@ -11,7 +11,7 @@ tests.
 
 import ml_collections
 
-from research.configs import base_config
+from research.config import base_config
 from research.data.tfds_build import default_manual_dir
 
 

@@ -6,9 +6,9 @@ Expected (2-core CPU, measured; see README): test accuracy ~98.4% in ~2 minutes.
 Presets: `:smoke` is a few hundred steps for tests and a quick look (~96%).
 """
 
-from research.configs import base_config
+from research.config import base_config
 from research.data.tfds_build import default_manual_dir
-from research.sweep import Sweep, product, sweep
+from research.tools.sweep import Sweep, product, sweep
 
 
 def get_config(preset: str = 'default'):

@@ -10,7 +10,7 @@ Expected (2-core CPU shared with other jobs, measured; see README): test accurac
 
 import ml_collections
 
-from research.configs import base_config
+from research.config import base_config
 from research.data.tfds_build import default_manual_dir
 
 

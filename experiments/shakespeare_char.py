@@ -20,9 +20,9 @@ Presets (FILE:PRESET):
 
 import ml_collections
 
-from research.configs import base_config
+from research.config import base_config
 from research.data.tfds_build import default_manual_dir
-from research.sweep import Sweep, product, sweep
+from research.tools.sweep import Sweep, product, sweep
 
 
 def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ few seconds of training for tests.
 
 import ml_collections
 
-from research.configs import base_config
+from research.config import base_config
 from research.data.tfds_build import default_manual_dir
 
 

@@ -19,7 +19,7 @@ Presets: `:default`; `:tiny` a few seconds for tests.
 import ml_collections
 
 from experiments.sst2_encoder import encoder_model, sst2_data, tiny_encoder
-from research.configs import base_config
+from research.config import base_config
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:

@@ -20,13 +20,11 @@ Nothing here loses work:
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import re
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,10 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from research import optimizers
-from research.config_checks import ConfigError
-from research.reliability import CheckpointError
-from research.train_step import init_state
+from research.errors import CheckpointError, ConfigError
 
 PyTree = Any
 CHECKSUMS = 'state_checksums'  # Key in the JSON data item.
@@ -307,27 +302,3 @@ def _root(e: BaseException) -> BaseException:
 def _first_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   return (text[0] if text else repr(e))[:600]
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
-                   example: dict, step: int | None = None) -> tuple[int, PyTree]:
-  """(step, params) on one device: the newest checkpoint in WORKDIR that restores, or `step`.
-
-  The whole train state is restored (its checksums cover every array) into an abstract target
-  built from this config's model and optimizer, with `example` (a batch of one) for the shapes.
-  Read-only: nothing in WORKDIR is created or removed.
-  """
-  tx, _ = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
-  abstract = nn.unbox(jax.eval_shape(functools.partial(init_state, model, tx, example,
-                                                       config.seed)))
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = abstract_like(abstract, jax.tree.map(lambda _: one_device, abstract))
-  manager = open_reader(workdir, config.checkpoint)
-  try:
-    restored = restore_latest(manager, target, step)
-  finally:
-    manager.close()
-  if restored is None:
-    raise ConfigError(f'No checkpoint in {manager.directory} restores into the model and optimizer '
-                      'of this config; use the config the run was trained with.')
-  return restored[0], restored[1].params

@@ -7,9 +7,7 @@ import os
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config value is wrong; the message says which key and how to fix it."""
+from research.errors import ConfigError
 
 
 def suggest(key: str, choices: list[str]) -> str:

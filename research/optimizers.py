@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from research.config_checks import ConfigError, check_choice
+from research.config_checks import check_choice
+from research.errors import ConfigError
 
+HEAD = 'head'  # Top-level name of the task head: new when fine-tuning, full learning rate.
 SCHEDULES = ['constant', 'cosine', 'warmup_cosine', 'linear']
 OPTIMIZERS = ['adamw', 'sgd', 'adafactor', 'lion']
 
@@ -155,6 +157,60 @@ def make_optimizer(opt: ml_collections.ConfigDict,
     raise ConfigError(opt.name)
   if opt.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
-  from research.transfer import partition_optimizer  # Frozen params, encoder lr multiplier.
-
   return partition_optimizer(tx, opt), lr
+
+
+def path_name(path: tuple) -> str:
+  """A tree path as 'stack/block_0/attn/query_kernel' (dict keys or attribute names)."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+# --- Frozen prefixes and a smaller encoder learning rate (fine-tuning) ------------------------
+# Parameters under `config.optimizer.freeze` prefixes get no updates (`optax.set_to_zero`, so no
+# weight decay either); `config.optimizer.encoder_lr_multiplier` scales the updates (= the learning
+# rate, decay included) of every other parameter outside the task head (top-level `head`), through
+# `optax.multi_transform` (each group has its own optimizer state, so `grad_clip_norm` clips encoder
+# and head separately).
+
+
+def _label_fn(freeze: tuple[str, ...]):
+  def matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix.rstrip('/') + '/')
+
+  def labels(params: PyTree) -> PyTree:
+    # A logical-axis box is one leaf: the label replaces it whole, so optax's masking never puts
+    # an empty MaskedNode inside a box (whose sharding would then have nothing to describe).
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params, is_leaf=is_box)]
+    unused = [f for f in freeze if not any(matches(n, f) for n in names)]
+    if unused:  # At tx.init, i.e. while the state is shaped, before any compute.
+      raise ConfigError(f'config.optimizer.freeze: {unused} match no parameter. Top-level names: '
+                        f'{sorted({n.split("/")[0] for n in names})}.')
+
+    def label(path, _):
+      name = path_name(path)
+      if any(matches(name, f) for f in freeze):
+        return 'frozen'
+      return 'head' if name.split('/')[0] == HEAD else 'encoder'
+
+    return jax.tree_util.tree_map_with_path(label, params, is_leaf=is_box)
+
+  return labels
+
+
+def partition_optimizer(tx: optax.GradientTransformation,
+                        opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """`tx`, or an `optax.multi_transform` for freeze / encoder_lr_multiplier (module doc)."""
+  freeze = tuple(opt.get('freeze', ()) or ())
+  multiplier = opt.get('encoder_lr_multiplier', 1.0)
+  if isinstance(freeze, str) or not all(isinstance(f, str) and f for f in freeze):
+    raise ConfigError(f'config.optimizer.freeze must be a tuple of parameter-path prefixes, e.g. '
+                      f"('token_embed', 'stack'), got {freeze!r}.")
+  if not isinstance(multiplier, (int, float)) or multiplier <= 0:
+    raise ConfigError(f'config.optimizer.encoder_lr_multiplier must be > 0 (use optimizer.freeze '
+                      f'to stop updates), got {multiplier!r}.')
+  if not freeze and multiplier == 1.0:
+    return tx
+  encoder = tx if multiplier == 1.0 else optax.chain(tx, optax.scale(multiplier))
+  return optax.multi_transform({'frozen': optax.set_to_zero(), 'encoder': encoder, 'head': tx},
+                               _label_fn(freeze))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 from research.optimizers import applied_learning_rate
 
 PyTree = Any

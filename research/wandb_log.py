@@ -52,7 +52,7 @@ class WandbSink:
     try:
       import wandb
     except ImportError as e:
-      from research.config_checks import ConfigError
+      from research.errors import ConfigError
 
       raise ConfigError('config.wandb.project is set but wandb is not installed: '
                         '`pip install wandb`, or leave config.wandb.project empty.') from e

@@ -17,8 +17,10 @@ import pytest
 from conftest import REPO, run_launch
 
 import experiments.shakespeare_char as shakespeare_char
-from research import benchmark, models, parallel
-from research.config_checks import ConfigError, check_train_config
+from research import models, parallel
+from research.config_checks import check_train_config
+from research.errors import ConfigError
+from research.tools import benchmark
 from research.train_step import eval_step, init_state, train_step
 
 

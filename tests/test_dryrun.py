@@ -10,9 +10,10 @@ import pytest
 from conftest import run_launch
 
 from experiments import shakespeare_char as lm_config
-from research import configs, dryrun
-from research.config_checks import ConfigError
+from research import config as configs
 from research.data.pipeline import Dataset
+from research.errors import ConfigError
+from research.tools import dryrun
 
 WIDTHS = (256, 128)
 

@@ -16,9 +16,9 @@ from conftest import REPO
 import experiments.mnist_vit as mnist_vit
 import experiments.sst2_encoder as sst2_encoder
 from research import models
-from research.config_checks import ConfigError
 from research.data.sst2 import bucket_train_batch, mask_tokens
 from research.data.word_vocab import MASK
+from research.errors import ConfigError
 from research.models.encoder import patchify
 from research.train import train_and_evaluate
 

@@ -20,11 +20,11 @@ from conftest import REPO, run_launch
 import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
 import experiments.sst2_encoder as sst2_encoder
-from research import checkpointing, data, export, inference, models
-from research.config_checks import ConfigError
-from research.export_programs import PLATFORMS
-from research.reliability import RunError
-from research.sampling import generate
+from research import build, data, models
+from research.errors import ConfigError, RunError
+from research.tools import export, inference
+from research.tools.export_programs import PLATFORMS
+from research.tools.sample import generate
 from research.train import train_and_evaluate
 from research.train_step import model_inputs
 
@@ -70,7 +70,7 @@ class Run:
     self.dataset = data.get_dataset(self.config, workdir=workdir)
     self.model = models.get_model(self.config.model, self.dataset.meta)
     example = {k: v[:1] for k, v in model_inputs(self.dataset.train_batch(0)).items()}
-    self.step, self.params = checkpointing.restore_params(
+    self.step, self.params = build.restore_params(
         self.config, workdir, self.model, example, self.manifest['checkpoint']['step'])
     self.apply = jax.jit(lambda *args: self.model.apply({'params': self.params}, *args))
 
@@ -264,7 +264,7 @@ def test_latest_best_and_a_step_export_that_checkpoint(runs, tmp_path):
     manifest = export.export_workdir(workdir, which)
     assert manifest['checkpoint']['step'] == step
     assert manifest['checkpoint']['metrics']['loss'] == pytest.approx(evals[step])
-    _, params = checkpointing.restore_params(run.config, workdir, run.model,
+    _, params = build.restore_params(run.config, workdir, run.model,
                                              {'inputs': run.inputs(1)[0]}, step)
     assert_trees_identical(export.load_params(os.path.join(workdir, 'export',
                                                            export.PARAMS_FILE)), params)

@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO
 
 import experiments.gpt2_small as gpt2_small
-from research import data, flops, models, optimizers
+from research import data, models, optimizers
+from research.tools import flops
 from research.train_step import init_state, train_step
 
 

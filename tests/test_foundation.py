@@ -8,9 +8,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from research import configs, optimizers
-from research.config_checks import ConfigError, check_train_config
+from research import config as configs
+from research import optimizers
+from research.config_checks import check_train_config
 from research.data import pipeline
+from research.errors import ConfigError
 from research.models import get_model
 
 

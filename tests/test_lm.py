@@ -14,9 +14,9 @@ from conftest import run_launch
 
 import experiments.shakespeare_char as shakespeare_char
 from research import models
-from research.config_checks import ConfigError
 from research.data import get_dataset
-from research.sampling import generate, window_keep
+from research.errors import ConfigError
+from research.tools.sample import generate, window_keep
 from research.train import train_and_evaluate
 from research.train_step import loss_sums
 

@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from research import distributed
-from research.config_checks import ConfigError
+from research.errors import ConfigError
+from research.runtime import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_LIMIT_S = 240

@@ -14,9 +14,10 @@ import pytest
 import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
 import experiments.sst2_encoder as sst2_encoder
-from research import configs, models, optimizers
-from research.config_checks import ConfigError
-from research.transfer import path_name
+from research import config as configs
+from research import models, optimizers
+from research.errors import ConfigError
+from research.optimizers import path_name
 
 IS_BOX = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
 
@@ -180,7 +181,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
-def test_logged_lr_is_the_applied_one_when_an_update_is_skipped(tmp_path, data_dir):
+def test_logged_lr_is_the_applied_one_when_an_update_is_skipped(tmp_path, data_dir, monkeypatch):
   """nan_policy='skip': update 3 is dropped, so the optimizer's count (and the schedule) stays
   one behind the step from then on; the log must show the LR each update really used."""
   from research.train import train_and_evaluate
@@ -192,7 +193,8 @@ def test_logged_lr_is_the_applied_one_when_an_update_is_skipped(tmp_path, data_d
   config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = 1, 8, 8
   config.progress_bar, config.checkpoint.async_save = False, False
   config.optimizer.warmup_steps = 4
-  config.nan_policy, config.fault_injection = 'skip', 'nan@3'
+  config.nan_policy = 'skip'
+  monkeypatch.setenv('RESEARCH_FAULT_INJECTION', 'nan@3')
   train_and_evaluate(config, str(tmp_path))
   train = [m for m in read_jsonl(tmp_path / 'metrics.jsonl') if m['split'] == 'train']
   assert [m['nonfinite'] for m in train] == [0, 0, 1, 0, 0, 0, 0, 0]

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from research import checkpointing, models, parallel
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 from research.train_step import eval_step, init_state, train_step
 
 BATCH, STEPS = 16, 4

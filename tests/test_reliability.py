@@ -40,12 +40,14 @@ class Runs:
   def workdir(self, name):
     return str(self.base / name)
 
-  def start(self, name, *extra, log=None):
+  def start(self, name, *extra, log=None, fault=''):
+    """`fault`: KIND@STEP injected through RESEARCH_FAULT_INJECTION (research/runtime/faults.py)."""
     log = log or name
     args = [sys.executable, os.path.join(REPO, 'launch.py'), *TINY, *extra,
             f'--config.data.data_dir={self.data_dir}', f'--workdir={self.workdir(name)}']
     out = open(self.base / f'{log}.log', 'w')
-    self.procs[log] = (subprocess.Popen(args, cwd=REPO, env=self.env, stdout=out,
+    env = dict(self.env, RESEARCH_FAULT_INJECTION=fault)
+    self.procs[log] = (subprocess.Popen(args, cwd=REPO, env=env, stdout=out,
                                         stderr=subprocess.STDOUT), out, time.monotonic())
 
   def wait(self, timeout=300):
@@ -84,22 +86,22 @@ def runs(tmp_path_factory, data_dir):
   r.start('ref')
   r.wait()
   # Phase 1: every fault at once.
-  r.start('term', '--config.fault_injection=sigterm@13')
-  r.start('kill', '--config.fault_injection=sigkill@27')
-  r.start('insave', '--config.fault_injection=sigkill_in_save@20', *KEEP_ONE)
-  r.start('full', '--config.fault_injection=enospc_in_save@20', *KEEP_ONE)
-  r.start('nan', '--config.fault_injection=nan@23')
-  r.start('skip', '--config.fault_injection=nan@23', '--config.nan_policy=skip')
+  r.start('term', fault='sigterm@13')
+  r.start('kill', fault='sigkill@27')
+  r.start('insave', *KEEP_ONE, fault='sigkill_in_save@20')
+  r.start('full', *KEEP_ONE, fault='enospc_in_save@20')
+  r.start('nan', fault='nan@23')
+  r.start('skip', '--config.nan_policy=skip', fault='nan@23')
   # Generous: with 8 runs sharing the CPU, a first step (compile-cache load) past a few seconds
   # would trip the watchdog before step 7.
-  r.start('hang', '--config.fault_injection=hang@7', '--config.step_timeout_s=20')
+  r.start('hang', '--config.step_timeout_s=20', fault='hang@7')
   r.start('ext', '--config.num_train_steps=1000000')
   wait_for_metrics(os.path.join(r.workdir('ext'), 'metrics.jsonl'))  # Mid-run for sure.
   r.procs['ext'][0].send_signal(signal.SIGINT)  # A real Ctrl-C from outside.
   r.wait()
   r.restored = {name: complete_steps(r.workdir(name)) for name in ('kill', 'insave', 'full')}
   # Phase 2: resume each; 'term' with the very same command.
-  r.start('term', '--config.fault_injection=sigterm@13', log='term_resume')
+  r.start('term', log='term_resume', fault='sigterm@13')
   r.start('kill', log='kill_resume')
   r.start('insave', *KEEP_ONE, log='insave_resume')
   r.wait()

@@ -15,9 +15,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research import checkpointing, faults, reliability, resume_check
-from research.config_checks import ConfigError
-from research.reliability import CheckpointError
+from research import checkpointing, metrics, runtime
+from research.errors import CheckpointError, ConfigError
+from research.runtime import faults, resume_check
+from research.runtime.signals import StopSignals
 
 CKPT = ml_collections.ConfigDict(dict(keep=3, best_metric='', best_mode='max', async_save=True))
 
@@ -166,15 +167,15 @@ def test_truncate_jsonl_drops_later_steps_and_a_torn_line(tmp_path):
   lines = [json.dumps({'step': s, 'split': 'train'}) + '\n' for s in (5, 10, 15)]
   with open(path, 'w') as f:
     f.writelines(lines + ['{"step": 20, "spl'])
-  assert reliability.truncate_jsonl(path, 10) == 2
+  assert metrics.truncate_jsonl(path, 10) == 2
   assert open(path).read() == ''.join(lines[:2])
-  assert reliability.truncate_jsonl(path, 10) == 0
+  assert metrics.truncate_jsonl(path, 10) == 0
 
 
 def test_pending_metrics_round_trip_exactly_through_json():
   pending = [{'loss': jnp.float32(0.1 * i + 1e-7), 'nonfinite': jnp.float32(0)} for i in range(3)]
-  restored = reliability.pending_from_json(json.loads(json.dumps(
-      reliability.pending_to_json(pending))))
+  restored = metrics.pending_from_json(json.loads(json.dumps(
+      metrics.pending_to_json(pending))))
   for a, b in zip(pending, restored, strict=True):
     for k in a:
       assert np.asarray(a[k]).tobytes() == b[k].tobytes() and b[k].dtype == np.float32
@@ -316,11 +317,11 @@ def test_first_signal_sets_a_flag_second_acts_at_once_and_close_restores(sig, pr
   # A known previous handler, not whatever the process started with: pytest run as a background
   # job of a non-interactive shell inherits SIGINT ignored, and a re-delivered SIGINT then does
   # nothing. raise_signal delivers to this thread, so the handler has run when it returns.
-  saved = {s: signal.getsignal(s) for s in reliability.StopSignals.SIGNALS}
+  saved = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
   signals = None
   try:
     signal.signal(sig, previous)
-    signals = reliability.StopSignals()
+    signals = StopSignals()
     assert not signals.should_stop(at_log_point=True)
     signal.raise_signal(sig)
     assert signals.received == sig.name and signals.should_stop(at_log_point=False)
@@ -335,12 +336,13 @@ def test_first_signal_sets_a_flag_second_acts_at_once_and_close_restores(sig, pr
 
 
 @pytest.mark.parametrize('spec', ['nan', 'nan@0', 'boom@3', 'hang@x'])
-def test_bad_fault_specs_and_timeouts_are_config_errors(spec):
+def test_bad_fault_specs_and_timeouts_are_config_errors(spec, monkeypatch):
   config = smoke_config()
-  config.fault_injection = spec
+  monkeypatch.setenv('RESEARCH_FAULT_INJECTION', spec)
   with pytest.raises(ConfigError, match='KIND@STEP'):
-    reliability.check_config(config)
+    runtime.check_config(config)
+  monkeypatch.delenv('RESEARCH_FAULT_INJECTION')
   config = smoke_config()
   config.step_timeout_s = -1.0
   with pytest.raises(ConfigError, match='step_timeout_s must be >= 0'):
-    reliability.check_config(config)
+    runtime.check_config(config)

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_launch
 from scipy import stats
 
-from research import report
-from research.config_checks import ConfigError
+from research.errors import ConfigError
+from research.tools import report
 
 # Final eval accuracy per seed; A is the baseline. B beats A on average but within seed noise
 # (Welch p = 0.0548); C is worse beyond it (p = 0.00366); D is worse with p = 0.0316 < 0.05, but

@@ -11,10 +11,10 @@ import textwrap
 import pytest
 from conftest import REPO, run_launch
 
-from research import sweep as s
-from research import sweep_run
-from research.config_checks import ConfigError
-from research.configs import base_config
+from research.config import base_config
+from research.errors import ConfigError
+from research.tools import sweep as s
+from research.tools import sweep_run
 
 SAFE_NAME = re.compile(r'^[A-Za-z0-9._=+-]+$')
 
@@ -235,7 +235,7 @@ def test_sweep_end_to_end_with_a_failing_point(tmp_path, data_dir):
   exp = tmp_path / 'exp.py'
   exp.write_text(textwrap.dedent('''
       from experiments.mnist_mlp import get_config as mnist_config
-      from research.sweep import product, sweep
+      from research.tools.sweep import product, sweep
 
       def get_config():
         c = mnist_config('smoke')
@@ -259,7 +259,7 @@ def test_sweep_end_to_end_with_a_failing_point(tmp_path, data_dir):
   good = workdir / manifest['points'][1]['name']
   assert json.loads((good / 'summary.json').read_text())['step'] == 8
 
-  from research.report import write_report  # The CLI path is tested in test_report.py.
+  from research.tools.report import write_report  # The CLI path is tested in test_report.py.
 
   write_report(str(workdir))
   report = (workdir / 'report.md').read_text()

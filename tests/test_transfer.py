@@ -19,7 +19,7 @@ from conftest import REPO
 import experiments.sst2_encoder as sst2_encoder
 from research import models, transfer
 from research.checkpointing import complete_steps
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 
 ENCODER = ('cls_embed', 'final_norm', 'position_embed', 'stack', 'token_embed')
 

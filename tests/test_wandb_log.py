@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from research import sweep as s
-from research import sweep_run
-from research.configs import base_config
+from research.config import base_config
 from research.metrics import MetricWriter
+from research.tools import sweep as s
+from research.tools import sweep_run
 
 wandb = pytest.importorskip('wandb')
 

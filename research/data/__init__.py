@@ -7,8 +7,9 @@ import inspect
 
 import ml_collections
 
-from research.config_checks import ConfigError, suggest
+from research.config_checks import suggest
 from research.data.pipeline import Dataset
+from research.errors import ConfigError
 
 # config.data.name -> module with get_dataset(config, process_index, process_count[, workdir]).
 DATASETS = {

@@ -20,8 +20,9 @@ import os
 import ml_collections
 import numpy as np
 
-from research.config_checks import ConfigError, check_positive
+from research.config_checks import check_positive
 from research.data import pipeline, tfds_build
+from research.errors import ConfigError
 
 NAME = 'tiny_shakespeare'
 SOURCE_FILES = ('input.txt',)
@@ -125,7 +126,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
           'num_eval_targets': len(eval_ids) - 1}
   sample = config.get('sample')
   if sample is not None and sample.num_tokens > 0:
-    from research.sampling import make_eval_hook  # Imports jax; the data stays numpy-only.
+    from research.tools.sample import make_eval_hook  # Imports jax; the data stays numpy-only.
 
     meta['eval_hooks'] = (make_eval_hook(vocab, sample),)
   return pipeline.Dataset(

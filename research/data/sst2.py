@@ -30,9 +30,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research.config_checks import ConfigError, check_choice, check_positive
+from research.config_checks import check_choice, check_positive
 from research.data import pipeline, tfds_build
 from research.data.word_vocab import MASK, SPECIALS, UNK, WordVocab
+from research.errors import ConfigError
 
 NAME = 'sst2'
 SOURCE_FILES = ('train.tsv', 'dev.tsv', 'test.tsv')

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data')

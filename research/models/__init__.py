@@ -10,7 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from research.config_checks import ConfigError, suggest
+from research.config_checks import suggest
+from research.errors import ConfigError
 
 
 def _dtypes(cfg: ml_collections.ConfigDict) -> dict:

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from research.config_checks import ConfigError, suggest
+from research.config_checks import suggest
+from research.errors import ConfigError
 from research.models.attention import IMPLEMENTATIONS, Attention
 from research.models.dropout import Dropout
 

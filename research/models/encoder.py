@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from research.config_checks import ConfigError, suggest
+from research.config_checks import suggest
+from research.errors import ConfigError
 from research.models import blocks
 from research.models.dropout import Dropout
 

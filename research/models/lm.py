@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 from research.models import blocks
 from research.models.dropout import Dropout
 

@@ -22,7 +22,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.nan_policy = 'stop'  # 'stop': raise, keep the last good checkpoint. 'skip': drop the update.
   c.progress_bar = True
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
-  c.fault_injection = ''  # Tests only: 'KIND@STEP' (research/reliability.py FAULTS). '' = none.
   c.init_from = ''  # A run's workdir or checkpoint: start from its params (research/transfer.py).
 
   c.model = ml_collections.ConfigDict()

@@ -1,6 +1,6 @@
 r"""Predictions from an export folder (WORKDIR/export/, see research/export.py) in Python.
 
-  from research import inference
+  from research.tools import inference
   mlp = inference.load('/tmp/mnist_mlp/export')
   mlp.predict(images_Bx28x28x1)             # class ids (uint8 pixels or floats in [0, 1])
   clf = inference.load('/tmp/sst2/export')
@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 
 from research import models
-from research.config_checks import ConfigError
-from research.export import MANIFEST_FILE, load_params, portable_model_config
+from research.errors import ConfigError
+from research.tools.export import MANIFEST_FILE, load_params, portable_model_config
 
 
 class Exported:
@@ -116,7 +116,7 @@ class LanguageModel(Exported):
     self._samplers = {}  # One compiled sampler per (num_tokens, temperature, top_k).
 
   def _sampler(self, num_tokens: int, temperature: float, top_k: int):
-    from research.sampling import make_sampler
+    from research.tools.sample import make_sampler
 
     key = (num_tokens, temperature, top_k)
     if key not in self._samplers:
@@ -127,7 +127,7 @@ class LanguageModel(Exported):
   def generate(self, prompt: str, num_tokens: int = 200, temperature: float = 0.8,
                top_k: int = 0, seed: int = 0) -> str:
     """The num_tokens characters after `prompt` (KV cache, sliding window past max_len)."""
-    from research.sampling import check_sample_args, encode_prompt
+    from research.tools.sample import check_sample_args, encode_prompt
 
     check_sample_args(num_tokens, temperature, top_k)
     prompt_1xP = encode_prompt(self.vocab, prompt)

@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import checkpointing, models
-from research.config_checks import ConfigError
+from research import build, models
 from research.data.shakespeare import VOCAB_FILE, CharVocab
+from research.errors import ConfigError
 from research.models.lm import TransformerLM, decoder, init_cache
 
 
@@ -133,7 +133,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, model: Trans
                    block_size: int):
   """(step, params) of the newest checkpoint in WORKDIR that restores into this config's state."""
   example = {'inputs': np.zeros((1, block_size), np.int32)}
-  return checkpointing.restore_params(config, workdir, model, example)
+  return build.restore_params(config, workdir, model, example)
 
 
 def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str, *, prompt: str,

@@ -23,9 +23,9 @@ import numpy as np
 from absl import logging
 from scipy import stats
 
-from research import sweep as sweep_lib
-from research.config_checks import ConfigError
-from research.sweep_run import MANIFEST, nonfinite_metrics, point_state, read_json
+from research.errors import ConfigError
+from research.tools import sweep as sweep_lib
+from research.tools.sweep_run import MANIFEST, nonfinite_metrics, point_state, read_json
 
 ALPHA = 0.05
 NOT_METRICS = ('step', 'split', 'num_targets')  # Counts, not quality: nothing to compare.
@@ -409,7 +409,7 @@ def write_markdown(path: str, runs: Sequence[Run], meta: dict, rows: Sequence[di
 
 def write_report(workdir: str) -> dict:
   """Writes report.md, report.csv, curves_*.png and hparams/ into WORKDIR; returns the rows."""
-  from research import report_plots
+  from research.tools import report_plots
 
   runs, meta = load_runs(workdir)
   done = [r for r in runs if r.status == 'done']

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from research import report
+from research.tools import report
 
 
 def _curve(runs: Sequence[report.Run], series_of) -> tuple[np.ndarray, np.ndarray] | None:

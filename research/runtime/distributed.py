@@ -26,7 +26,7 @@ import time
 
 import jax
 
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 
 MODES = ('auto', 'on', 'off')
 ABORT_MARGIN_S = 30  # jax's own deadline, after ours: our message comes first.

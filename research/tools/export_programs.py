@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from research.reliability import RunError
+from research.errors import RunError
 
 PyTree = Any
 Signature = dict[str, tuple[str, str]]  # Model input name -> (dims for symbolic_shape, dtype).

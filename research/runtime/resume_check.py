@@ -28,11 +28,11 @@ import ml_collections
 from absl import logging
 
 from research import optimizers
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 
 REFUSED = ('model.', 'data.name', 'optimizer.name')
 HARMLESS = ('num_train_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-            'progress_bar', 'step_timeout_s', 'fault_injection', 'eval_batch_size', 'nan_policy',
+            'progress_bar', 'step_timeout_s', 'eval_batch_size', 'nan_policy',
             'data.data_dir', 'data.manual_dir', 'data.eval_split', 'checkpoint.', 'parallel.',
             'benchmark.')
 MISSING = '<absent>'

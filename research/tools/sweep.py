@@ -2,7 +2,7 @@
 
 An experiment file may define `get_sweep()` returning the points, built from three helpers:
 
-  from research import sweep as s
+  from research.tools import sweep as s
 
   def get_sweep():
     return s.product(s.sweep('model.widths', [(256,), (1024, 1024)]),
@@ -31,7 +31,8 @@ from typing import Any
 
 import ml_collections
 
-from research.config_checks import ConfigError, check_train_config, suggest
+from research.config_checks import check_train_config, suggest
+from research.errors import ConfigError
 
 Point = dict[str, Any]
 SEED_KEY = 'seed'

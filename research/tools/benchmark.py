@@ -49,8 +49,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import config_checks, data, flops, models, op_profile, optimizers, parallel
-from research.config_checks import ConfigError
+from research import config_checks, data, models, optimizers, parallel
+from research.errors import ConfigError
+from research.tools import flops, op_profile
 from research.train_step import eval_step, init_state, train_step
 
 PyTree = Any
@@ -103,9 +104,7 @@ def compile_step(p_train, state: PyTree, batch: dict, layout: parallel.Layout):
 
 def run_steps(step, state: PyTree, batches: list[dict], num_steps: int) -> PyTree:
   """`num_steps` steps, returned only once they have finished on the devices."""
-  from research.train import one_program_in_flight
-
-  block_each = one_program_in_flight()  # Fake CPU devices deadlock with programs queued ahead.
+  block_each = parallel.one_program_in_flight()  # Fake CPU devices deadlock if queued ahead.
   metrics = None
   for i in range(num_steps):
     state, metrics = step(state, batches[i % len(batches)])

@@ -22,8 +22,9 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from research import sweep as sweep_lib
-from research.config_checks import ConfigError, check_workdir
+from research.config_checks import check_workdir
+from research.errors import ConfigError
+from research.tools import sweep as sweep_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = 'sweep.json'

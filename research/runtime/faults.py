@@ -1,7 +1,9 @@
-"""Faults injected on purpose, for the reliability tests: `config.fault_injection = 'KIND@STEP'`.
+"""Faults injected on purpose, for the reliability tests: `RESEARCH_FAULT_INJECTION=KIND@STEP`.
 
-Off by default (''). The train loop calls one hook per place a fault can strike, so the loop
-itself carries no test logic; tests/test_reliability.py drives every kind.
+An environment variable, not a config key: it is a test harness, not an experiment setting, so it
+never appears in a config, a config diff or a sweep. Unset (or '') = none. The runtime guards call
+one hook per place a fault can strike, so the loop itself carries no test logic;
+tests/integration/test_faults.py drives every kind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 
 import numpy as np
 
-from research.config_checks import ConfigError
+from research.errors import ConfigError
 
 FAULTS = {
     'nan': 'the inputs of update STEP are NaN (the loss and gradients follow)',
@@ -27,9 +29,12 @@ FAULTS = {
 }
 
 
+ENV = 'RESEARCH_FAULT_INJECTION'
+
+
 @dataclasses.dataclass(frozen=True)
 class Fault:
-  """`config.fault_injection = 'KIND@STEP'` ('' = none), e.g. 'nan@7'. STEP counts updates from 1.
+  """`RESEARCH_FAULT_INJECTION=KIND@STEP` ('' = none), e.g. 'nan@7'. STEP counts updates from 1.
 
   Test-only hooks, kept here so the train loop has one call per hook and no test logic.
   """
@@ -43,9 +48,13 @@ class Fault:
       return cls()
     kind, _, step = spec.partition('@')
     if kind not in FAULTS or not step.isdigit() or int(step) < 1:
-      raise ConfigError(f'config.fault_injection={spec!r} must be KIND@STEP with STEP >= 1 and '
+      raise ConfigError(f'{ENV}={spec!r} must be KIND@STEP with STEP >= 1 and '
                         f'KIND one of {sorted(FAULTS)}, or "" for none.')
     return cls(kind, int(step))
+
+  @classmethod
+  def from_env(cls) -> Fault:
+    return cls.parse(os.environ.get(ENV, ''))
 
   def poison(self, index: int, batch: dict) -> dict:
     """train_batch(index) feeds update index + 1."""
@@ -53,7 +62,7 @@ class Fault:
       return batch
     inputs = batch['inputs']
     if not np.issubdtype(inputs.dtype, np.floating):
-      raise ConfigError('fault_injection nan@STEP needs float model inputs (e.g. MNIST).')
+      raise ConfigError(f'{ENV}=nan@STEP needs float model inputs (e.g. MNIST).')
     return dict(batch, inputs=np.full_like(inputs, np.nan))
 
   def after_step(self, step: int) -> None:

@@ -43,9 +43,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from research import checkpointing, models, provenance
-from research.config_checks import ConfigError
-from research.export_programs import (
+from research import build, checkpointing, models, provenance
+from research.errors import ConfigError
+from research.tools.export_programs import (
   CHECK_BATCH,
   PROGRAMS,
   Signature,
@@ -281,7 +281,7 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
   signature, _ = spec.inputs(meta, model)
   example = dict(zip(signature, random_inputs(signature, 1, np.random.default_rng(0)),
                      strict=True))
-  step, params = checkpointing.restore_params(config, workdir, model, example, step)
+  step, params = build.restore_params(config, workdir, model, example, step)
   t_restore = time.perf_counter()
 
   tmp = tempfile.mkdtemp(prefix='.export-tmp-', dir=workdir)

@@ -1,0 +1,9 @@
+"""Tools beside the core: each reads a config or a workdir and uses the core, never the reverse.
+
+  dryrun.py      --mode=dryrun: compile the step from shapes, per-device memory.
+  benchmark.py   --mode=benchmark: compile time, step time, FLOPs (flops.py), MFU, profile.
+  sample.py      --mode=sample: text from a language model's checkpoint.
+  export.py      --mode=export: params, StableHLO programs (export_programs.py), inference.py.
+  sweep.py       grids of config overrides; sweep_run.py runs them (--mode=sweep).
+  report.py      --mode=report: a sweep's table, statistics and plots (report_plots.py).
+"""
