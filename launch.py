@@ -8,7 +8,6 @@ r"""The one entry point.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
@@ -16,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only builds TFD
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from research import console
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (FILE or FILE:PRESET).',
                                 lock_config=True)
@@ -47,20 +48,6 @@ flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 flags.DEFINE_integer('initialization_timeout', 300,
                      'Seconds to wait for the coordinator and every process to join.')
 FLAGS = flags.FLAGS
-QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
-
-
-def quiet_library_info_logs() -> None:
-  """Keeps our INFO lines and drops the libraries' (Orbax logs a dozen lines per save)."""
-
-  def keep(record) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        part in record.pathname for part in QUIET_LIBRARIES)
-
-  logging.get_absl_logger().addFilter(keep)  # absl.logging calls (Orbax, TFDS).
-  logging.get_absl_handler().addFilter(keep)  # Standard-logging records (JAX) reach it too.
-
-
 def join_distributed_job() -> None:
   """Before any JAX computation: one global device list over all processes, if asked."""
   from research.runtime import distributed
@@ -73,7 +60,7 @@ def join_distributed_job() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  quiet_library_info_logs()
+  console.setup()
   from research.errors import ConfigError, RunError
   from research.runtime.heartbeat import exit_process, exit_with_error, in_distributed_job
 

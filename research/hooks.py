@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from research import build, checkpointing, data, metrics, parallel, transfer
+from research import build, checkpointing, console, data, metrics, parallel, transfer
 from research.errors import NonFiniteError
 from research.runtime import Guards
 
@@ -129,7 +129,7 @@ class Run:
       if position.get('seed') != config.seed or position.get('batch_size') != config.batch_size:
         logging.warning('Resuming with a different seed or batch size than the checkpoint '
                         '(%s): the data order will differ from an uninterrupted run.', position)
-      logging.info('Resumed from step %d in %s', step, self.manager.directory)
+      console.show(f'Resumed from step {step} in {self.manager.directory}')
     else:
       step, state = 0, setup.fresh_state()
       if config.get('init_from'):  # Pre-trained params by name and shape (fresh runs only).
@@ -202,7 +202,7 @@ class Run:
       hook(step, state.params, setup.model, self.workdir, self.writer)
     logging.info('eval step %d: %s', step, {k: round(v, 4) for k, v in out.items()})
     if self.is_main:
-      self.bar.write(metrics.console_line(step, out))
+      self.bar.write(console.eval_line(step, out))
     self.eval_metrics, self._eval_step = out, step
     self.guards.progressed(step)
     return out

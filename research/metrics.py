@@ -57,19 +57,6 @@ def _jsonable(v):
   return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-# How an evaluation reads on the console: (key, label, format); other keys stay in the files.
-CONSOLE = (('loss', 'loss', '{:.4f}'), ('accuracy', 'acc', '{:.2%}'),
-           ('bits_per_char', 'bits/char', '{:.4f}'), ('perplexity', 'ppl', '{:.2f}'),
-           ('macro_f1', 'macro F1', '{:.4f}'))
-
-
-def console_line(step: int, scalars: dict) -> str:
-  """`eval 150 | loss 0.3904 | acc 90.28% | macro F1 0.9012`: one short line per evaluation."""
-  parts = [f'eval {step}'] + [f'{label} {fmt.format(scalars[k])}' for k, label, fmt in CONSOLE
-                              if isinstance(scalars.get(k), float)]
-  return ' | '.join(parts)
-
-
 def classification_report(confusion_CxC: np.ndarray) -> dict[str, float]:
   """Macro precision, recall and F1 from a confusion matrix (rows = true, cols = predicted).
 

@@ -277,10 +277,17 @@ def mesh_context(layout: Layout):
 
 
 def under_mesh(layout: Layout, fn):
+  """`fn` called, and `fn.lower`ed (for ahead-of-time compiling), with the mesh in context."""
   @functools.wraps(fn)
   def call(*args):
     with mesh_context(layout):
       return fn(*args)
+
+  def lower(*args):
+    with mesh_context(layout):
+      return fn.lower(*args)
+
+  call.lower = lower
   return call
 
 

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from research import build, config_checks, data, hooks, parallel, provenance, runtime
+from research import build, config_checks, console, data, hooks, parallel, provenance, runtime
 from research.runtime import resume_check
 
 
@@ -47,6 +47,7 @@ def start(config: ml_collections.ConfigDict,
   setup = build.build(config, dataset)
   print(parallel.describe(setup.layout), flush=True)  # Every process, before any compute.
   config_json = write_config(workdir, config)  # Only once the input checked out.
+  console.log_to_file(workdir, jax.process_index())
   if jax.process_index() == 0:
     provenance.write(workdir, config_json)
     resume_check.record(workdir, changes)

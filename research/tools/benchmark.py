@@ -43,16 +43,15 @@ import shutil
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import config_checks, data, models, optimizers, parallel
+from research import build, config_checks, data, parallel
 from research.errors import ConfigError
 from research.tools import flops, op_profile
-from research.train_step import eval_step, init_state, train_step
+from research.train import train_and_evaluate
 
 PyTree = Any
 CPU_MATMUL_SIZES = (1024, 2048)  # The best of them reaches the BLAS peak on a few cores, quickly.
@@ -74,29 +73,15 @@ def check_benchmark_config(config: ml_collections.ConfigDict) -> None:
 def build_step(config: ml_collections.ConfigDict, dataset: data.Dataset):
   """(jitted or pmapped train step, fresh state in its layout, layout, number of parameters), as
   train.py builds them."""
-  model = models.get_model(config.model, dataset.meta)
-  tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
-  example = {k: v[:1] for k, v in dataset.largest_train_batch(0).items()}
-  init = functools.partial(init_state, model, tx, example, config.seed)
-  boxed = jax.eval_shape(init)
-  layout = parallel.make_layout(config.parallel, boxed, config.batch_size)
-  step = functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                           nan_policy=config.nan_policy,
-                           grad_accum_steps=config.get('grad_accum_steps', 1))
-  if layout.strategy == 'pmap':
-    p_train, _ = parallel.compile_steps(layout, step, eval_step)
-  else:  # The un-wrapped jit (compile_steps wraps it in the mesh context), so it can `.lower`.
-    p_train, _ = parallel.jit_steps(layout, step, eval_step)
-  state = jax.jit(lambda: nn.unbox(init()), out_shardings=layout.state_sharding)()
-  num_params = sum(x.size for x in jax.tree.leaves(nn.unbox(boxed).params))
-  return p_train, layout.to_strategy(state), layout, num_params
+  setup = build.build(config, dataset)
+  p_train, _ = setup.compiled_steps()
+  return p_train, setup.layout.to_strategy(setup.fresh_state()), setup.layout, setup.num_params
 
 
-def compile_step(p_train, state: PyTree, batch: dict, layout: parallel.Layout):
+def compile_step(p_train, state: PyTree, batch: dict):
   """AOT-compiles the step for these arguments: (compiled, trace+lower seconds, XLA seconds)."""
   t0 = time.perf_counter()
-  with parallel.mesh_context(layout):
-    lowered = p_train.lower(state, batch)
+  lowered = p_train.lower(state, batch)  # A jitted step lowers with the layout's mesh set.
   t1 = time.perf_counter()
   compiled = lowered.compile()
   return compiled, t1 - t0, time.perf_counter() - t1
@@ -187,8 +172,6 @@ def memory(compiled) -> dict:
 
 def time_loop(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Steps/s of train_and_evaluate's own loop over the timed log intervals, and its input wait."""
-  from research.train import train_and_evaluate
-
   intervals = config.benchmark.loop_log_intervals
   if not intervals:
     return None
@@ -234,7 +217,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # One shape for the compiled step: the largest any step can have (SST-2: the widest bucket).
   host_batches = [dataset.largest_train_batch(s) for s in range(min(bench.timed_steps, 4))]
   batches = [layout.put_batch(b) for b in host_batches]
-  compiled, lower_s, compile_s = compile_step(p_train, state, batches[0], layout)
+  compiled, lower_s, compile_s = compile_step(p_train, state, batches[0])
   peak, peak_source, peak_per_cpu_second = peak_flops(config)
   state = run_steps(compiled, state, batches, bench.warmup_steps)
   runs = []  # (wall, CPU) seconds per step of each timed run.

@@ -11,20 +11,17 @@ for SST-2's length buckets the widest bucket, not step 0's), so the estimate is 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
-from research import checkpointing, config_checks, data, models, optimizers, parallel
-from research.train_step import eval_step, init_state, train_step
+from research import build, config_checks, data
 
 PyTree = Any
 
@@ -44,31 +41,22 @@ def _abstract_batch(dataset: data.Dataset, global_batch: int) -> dict:
 
 
 def compile_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset):
-  """(compiled step, layout, unboxed abstract state, abstract global batch); no allocation."""
-  model = models.get_model(config.model, dataset.meta)
-  tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
+  """(compiled step, layout, abstract state, abstract global batch), as train.py builds them;
+  no allocation."""
+  setup = build.build(config, dataset)
+  layout, abstract = setup.layout, setup.abstract
   batch = _abstract_batch(dataset, config.batch_size)
-  example = {k: jax.ShapeDtypeStruct((1,) + v.shape[1:], v.dtype) for k, v in batch.items()}
-  boxed = jax.eval_shape(lambda ex: init_state(model, tx, ex, config.seed), example)
-  layout = parallel.make_layout(config.parallel, boxed, config.batch_size)
-  abstract = nn.unbox(boxed)
-  step = functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule,
-                           nan_policy=config.nan_policy,
-                           grad_accum_steps=config.get('grad_accum_steps', 1))
+  p_train, _ = setup.compiled_steps()
   if layout.strategy == 'pmap':
     n = layout.mesh.size  # Every local device: a full copy of the state, 1/n of the local rows.
-    p_train, _ = parallel.compile_steps(layout, step, eval_step)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), abstract)
     batch = {k: jax.ShapeDtypeStruct((n, v.shape[0] // jax.device_count()) + v.shape[1:], v.dtype)
              for k, v in batch.items()}
-    compiled = p_train.lower(state, batch).compile()
   else:
-    j_train, _ = parallel.jit_steps(layout, step, eval_step)
-    state = checkpointing.abstract_like(abstract, layout.state_sharding)
+    state = abstract
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=layout.batch_sharding)
              for k, v in batch.items()}
-    with parallel.mesh_context(layout):
-      compiled = j_train.lower(state, batch).compile()
+  compiled = p_train.lower(state, batch).compile()
   return compiled, layout, abstract, batch
 
 
