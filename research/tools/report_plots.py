@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from research.tools import report
+from research.tools import report_runs
 
 
-def _curve(runs: Sequence[report.Run], series_of) -> tuple[np.ndarray, np.ndarray] | None:
+def _curve(runs: Sequence[report_runs.Run], series_of) -> tuple[np.ndarray, np.ndarray] | None:
   """Steps every seed logged, and the values there as [runs, steps]."""
   all_series = [series_of(r) for r in runs]
   steps = sorted(set.intersection(*(set(s) for s in all_series))) if all_series else []
@@ -24,7 +24,7 @@ def _curve(runs: Sequence[report.Run], series_of) -> tuple[np.ndarray, np.ndarra
 
 def _plot(path: str, title: str, curves: dict[str, tuple[np.ndarray, np.ndarray]],
           log_y: bool = False) -> None:
-  import matplotlib
+  import matplotlib  # Heavy: imported only when a report draws its curves.
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -51,7 +51,7 @@ def _safe(name: str) -> str:
   return re.sub(r'[^A-Za-z0-9._-]', '_', name)
 
 
-def learning_curves(workdir: str, runs: Sequence[report.Run], metrics: Sequence[str],
+def learning_curves(workdir: str, runs: Sequence[report_runs.Run], metrics: Sequence[str],
                     labels: dict[str, str]) -> list[str]:
   """One PNG per eval metric (and the train loss): a line per setting, mean ± std over seeds."""
   settings = list(dict.fromkeys(r.setting for r in runs))
@@ -77,9 +77,9 @@ def _hparam_value(v):
   return v if isinstance(v, (bool, int, float, str)) else str(v)
 
 
-def write_hparams(workdir: str, runs: Sequence[report.Run], metrics: Sequence[str]) -> str:
+def write_hparams(workdir: str, runs: Sequence[report_runs.Run], metrics: Sequence[str]) -> str:
   """DIR/hparams/<point>: one HParams session per finished point (rewritten on every report)."""
-  from tensorboardX import SummaryWriter
+  from tensorboardX import SummaryWriter  # Heavy (protobuf): only when HParams are written.
 
   root = os.path.join(workdir, 'hparams')
   shutil.rmtree(root, ignore_errors=True)  # Generated here only; a rerun must not duplicate.
@@ -90,8 +90,8 @@ def write_hparams(workdir: str, runs: Sequence[report.Run], metrics: Sequence[st
       values = {}
       for m in metrics:
         series = r.evals.get(m, {})
-        values[f'hparam/final_{m}'] = report.final_value(series)
-        values[f'hparam/best_{m}'] = report.best_value(series, m)
+        values[f'hparam/final_{m}'] = report_runs.final_value(series)
+        values[f'hparam/best_{m}'] = report_runs.best_value(series, m)
       writer.add_hparams(hparams, {k: v for k, v in values.items() if math.isfinite(v)},
                          name=r.name)
   return root

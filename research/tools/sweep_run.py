@@ -9,10 +9,12 @@ DIR/sweep.json records every point's status, so the report can list failures.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,12 +23,14 @@ from typing import Any
 
 import ml_collections
 from absl import logging
+from ml_collections import config_flags
 
 from research.config_checks import check_workdir
 from research.errors import ConfigError
 from research.tools import sweep as sweep_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Three levels up from research/tools/sweep_run.py: the folder of launch.py.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST = 'sweep.json'
 LOG_FILE = 'launch.log'
 _ERROR_LINE = re.compile(r'^(error: |[\w.]*(Error|Exception)\b)')
@@ -121,8 +125,6 @@ def lock_workdir(workdir: str):
 
   The lock is an flock on DIR/sweep.lock, so it goes away with the process however it ends.
   """
-  import fcntl
-
   f = open(os.path.join(workdir, 'sweep.lock'), 'a+')
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,10 +266,6 @@ def _run_queue(workdir: str, manifest: dict, start: Starter, poll_seconds: float
 
 def cli(config_flag, workdir: str, parallel: int) -> int:
   """`launch.py --mode=sweep`: runs the sweep; exit status 1 if any point failed."""
-  import signal
-
-  from ml_collections import config_flags
-
   def stop(signum, frame):
     raise KeyboardInterrupt(f'signal {signum}')
 
