@@ -14,6 +14,8 @@ import os
 import numpy as np
 from absl import logging
 
+from research import wandb_log
+
 
 class MetricWriter:
 
@@ -25,8 +27,7 @@ class MetricWriter:
       from tensorboardX import SummaryWriter  # Events readable by TensorBoard, no TF import.
 
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=10)
-    from research import wandb_log  # Optional third sink: only with config.wandb.project set.
-
+    # Optional third sink: only with config.wandb.project set (wandb itself is imported there).
     self._wandb = wandb_log.maybe_start(workdir) if enabled else None
 
   def write(self, step: int, split: str, scalars: dict[str, float], file: str = 'metrics.jsonl'):

@@ -17,6 +17,8 @@ from typing import Any
 
 from absl import logging
 
+from research.errors import ConfigError
+
 RUN_ID_FILE = 'wandb_run_id.txt'
 
 
@@ -52,8 +54,6 @@ class WandbSink:
     try:
       import wandb
     except ImportError as e:
-      from research.errors import ConfigError
-
       raise ConfigError('config.wandb.project is set but wandb is not installed: '
                         '`pip install wandb`, or leave config.wandb.project empty.') from e
     self.run = wandb.init(
