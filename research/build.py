@@ -20,6 +20,7 @@ import optax
 
 from research import checkpointing, data, models, optimizers, parallel
 from research.errors import ConfigError
+from research.models import decode
 from research.train_step import TrainState, eval_step, init_state, train_step
 
 PyTree = Any
@@ -37,6 +38,7 @@ class Setup:
   init: Callable[[], TrainState]  # A fresh state with logical-axis boxes (for the shardings).
   layout: parallel.Layout
   abstract: TrainState  # Unboxed ShapeDtypeStructs carrying the layout's shardings.
+  sampling: decode.Sampling | None = None  # A language model's text sample at each evaluation.
 
   @property
   def num_params(self) -> int:
@@ -45,7 +47,7 @@ class Setup:
   def step_fns(self) -> tuple[Callable, Callable]:
     """The pure train and eval step bodies for this model, optimizer and config."""
     c = self.config
-    num_classes = self.dataset.meta['num_classes'] if is_classifier(self.dataset) else None
+    num_classes = self.dataset.meta.num_classes if is_classifier(self.dataset) else None
     return (functools.partial(train_step, apply_fn=self.model.apply, tx=self.tx,
                               schedule=self.schedule, nan_policy=c.nan_policy,
                               grad_accum_steps=c.grad_accum_steps),
@@ -61,7 +63,7 @@ class Setup:
 
 
 def is_classifier(dataset: data.Dataset) -> bool:
-  return dataset.meta.get('task') == 'classification'
+  return dataset.meta.task == 'classification'
 
 
 def example_batch(dataset: data.Dataset) -> dict:
@@ -74,6 +76,9 @@ def build(config: ml_collections.ConfigDict, dataset: data.Dataset,
           devices: list | None = None) -> Setup:
   """The model, optimizer and layout of `config` on `dataset`; raises ConfigError on bad keys."""
   model = models.get_model(config.model, dataset.meta)
+  sampling = None
+  if dataset.meta.task == 'lm' and dataset.tokenizer is not None:  # Checked before any compute.
+    sampling = decode.Sampling.from_config(config.get('sample'), dataset.tokenizer)
   tx, schedule = optimizers.make_optimizer(config.optimizer, config.num_train_steps)
   init = functools.partial(init_state, model, tx, example_batch(dataset), config.seed)
   boxed = jax.eval_shape(init)
@@ -82,7 +87,7 @@ def build(config: ml_collections.ConfigDict, dataset: data.Dataset,
     raise ConfigError(f'eval_batch_size {config.eval_batch_size} does not divide over the '
                       f'data-parallel size {layout.data_parallel}.')
   abstract = checkpointing.abstract_like(nn.unbox(boxed), layout.state_sharding)
-  return Setup(config, dataset, model, tx, schedule, init, layout, abstract)
+  return Setup(config, dataset, model, tx, schedule, init, layout, abstract, sampling)
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,

@@ -54,7 +54,7 @@ def evaluate(p_eval: Callable, params: PyTree, dataset: data.Dataset,
   weight = float(totals['weight_sum'])
   out = {'loss': float(totals['loss_sum']) / weight,
          'accuracy': float(totals['correct_sum']) / weight, 'num_targets': weight}
-  if dataset.meta.get('task') == 'lm':
+  if dataset.meta.task == 'lm':
     out.update(bits_per_char=out['loss'] / np.log(2), perplexity=float(np.exp(out['loss'])))
   if 'confusion' in totals:
     out.update(metrics.classification_report(totals['confusion']))
@@ -99,6 +99,7 @@ class Run:
     self._eval_step = -1
     self.prefetch_wait = lambda: 0.0  # Seconds the loop waited for input (set by the loop).
     self.bar = None
+    self._sampler: Callable | None = None  # The compiled text sampler (LMs with config.sample).
     self._sync_every = min(sync_every(), self.config.log_every_steps)
     self._t_start = self._t_log = time.time()
     self._wait_at_log, self._cpu_at_log = 0.0, time.process_time()
@@ -198,14 +199,29 @@ class Run:
       metrics.save_confusion_png(confusion, os.path.join(self.workdir, 'confusion_matrix.png'),
                                  f'{self.config.data.name} {self.config.data.eval_split}, '
                                  f'step {step}')
-    for hook in setup.dataset.meta.get('eval_hooks', ()):
-      hook(step, state.params, setup.model, self.workdir, self.writer)
+    if setup.sampling is not None:
+      self.sample_text(step, state)
     logging.info('eval step %d: %s', step, {k: round(v, 4) for k, v in out.items()})
     if self.is_main:
       self.bar.write(console.eval_line(step, out))
     self.eval_metrics, self._eval_step = out, step
     self.guards.progressed(step)
     return out
+
+  def sample_text(self, step: int, state: PyTree) -> None:
+    """One sample from config.sample's prompt -> TensorBoard text and WORKDIR/samples.txt."""
+    sampling, tokenizer = self.setup.sampling, self.setup.dataset.tokenizer
+    if self._sampler is None:  # Compiled on first use (runs without evaluations never pay).
+      self._sampler = sampling.sampler(self.setup.model)
+    # pmap keeps one copy of the params per device (a leading axis): sample with the first.
+    params = jax.tree.map(lambda x, s: x[0] if x.ndim == s.ndim + 1 else x, state.params,
+                          self.setup.abstract.params)
+    tokens = self._sampler(params, sampling.prompt_1xP, jax.random.key(sampling.seed))
+    text = sampling.prompt + tokenizer.decode(np.asarray(jax.device_get(tokens))[0])
+    self.writer.write_text(step, 'sample', '\n'.join('    ' + line for line in text.split('\n')))
+    if self.is_main:
+      with open(os.path.join(self.workdir, 'samples.txt'), 'a') as f:
+        f.write(f'--- step {step} ---\n{text}\n')
 
   def save(self, step: int, state: PyTree) -> None:
     """The state and the input position (the step; the metrics since the last log point)."""

@@ -19,6 +19,7 @@ from conftest import REPO, run_launch
 import experiments.shakespeare_char as shakespeare_char
 from research import models, parallel
 from research.config_checks import check_train_config
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.tools import benchmark
 from research.train_step import eval_step, init_state, train_step
@@ -44,7 +45,7 @@ def accumulation_case():
   target masks give the micro-batches unequal weights: a mean of micro-batch means would differ."""
   model = models.get_model(ml_collections.ConfigDict(dict(
       name='transformer_lm', num_layers=1, d_model=32, num_heads=4, max_len=16)),
-      {'vocab_size': 48, 'block_size': 16})
+      Meta(task='lm', vocab_size=48, block_size=16))
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 48, (32, 17)).astype(np.int32)
   mask = (rng.random((32, 16)) < np.linspace(0.1, 1.0, 32)[:, None]).astype(np.float32)

@@ -12,6 +12,7 @@ from conftest import run_launch
 from experiments import shakespeare_char as lm_config
 from research import config as configs
 from research.data.pipeline import Dataset
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.tools import dryrun
 
@@ -33,7 +34,7 @@ def fake_dataset(batch_size: int) -> Dataset:
   batch = {'inputs': np.zeros((batch_size, 28, 28, 1), np.float32),
            'targets': np.zeros((batch_size,), np.int32)}
   return Dataset(train_batch=lambda step: batch, eval_batches=lambda: iter(()),
-                 num_eval_examples=0, meta={'num_classes': 10, 'task': 'classification'})
+                 num_eval_examples=0, meta=Meta(task='classification', num_classes=10))
 
 
 def report(**parallel) -> dict:
@@ -71,7 +72,7 @@ def test_fsdp_keeps_lm_activations_batch_sharded():
   batch = {'inputs': np.zeros((32, config.data.block_size), np.int32)}
   batch['targets'] = batch['inputs']
   dataset = Dataset(train_batch=lambda step: batch, eval_batches=lambda: iter(()),
-                    num_eval_examples=0, meta={'vocab_size': 65, 'block_size': 32, 'task': 'lm'})
+                    num_eval_examples=0, meta=Meta(task='lm', vocab_size=65, block_size=32))
   temp = {}
   for name, parallel in [('data', dict(data=8)), ('fsdp', dict(data=1, fsdp=8))]:
     config.parallel.update(parallel)

@@ -16,8 +16,9 @@ from conftest import REPO
 import experiments.mnist_vit as mnist_vit
 import experiments.sst2_encoder as sst2_encoder
 from research import models
+from research.data.spec import Meta
 from research.data.sst2 import bucket_train_batch, mask_tokens
-from research.data.word_vocab import MASK
+from research.data.tokenizers import MASK
 from research.errors import ConfigError
 from research.models.encoder import patchify
 from research.train import train_and_evaluate
@@ -34,8 +35,8 @@ def model_config(name='transformer_encoder', **overrides) -> ml_collections.Conf
 
 
 def text_model(name='transformer_encoder', max_len=16, **overrides):
-  meta = {'task': 'mlm' if name.endswith('mlm') else 'classification', 'num_classes': 3,
-          'vocab_size': VOCAB, 'max_len': max_len}
+  meta = Meta(task='mlm' if name.endswith('mlm') else 'classification', num_classes=3,
+              vocab_size=VOCAB, max_len=max_len)
   return models.get_model(model_config(name, **overrides), meta)
 
 
@@ -96,21 +97,21 @@ def test_patches_are_the_image_tiles_in_row_major_order():
 
 
 def test_bad_input_is_refused_before_compute():
-  meta = {'task': 'classification', 'num_classes': 10, 'input_shape': (28, 28, 1)}
+  meta = Meta(task='classification', num_classes=10, input_shape=(28, 28, 1))
   with pytest.raises(ConfigError, match='patch_size=5'):
     models.get_model(model_config(patch_size=5), meta)
   with pytest.raises(ConfigError, match='max_len=10'):  # 16 patches + [CLS] > 10 positions.
     models.get_model(model_config(patch_size=7, max_len=10), meta)
   with pytest.raises(ConfigError, match='longer than the position table'):
-    models.get_model(model_config(max_len=32), {'task': 'classification', 'num_classes': 2,
-                                                'vocab_size': VOCAB, 'max_len': 64})
+    models.get_model(model_config(max_len=32), Meta(task='classification', num_classes=2,
+                                                    vocab_size=VOCAB, max_len=64))
   model = text_model(max_len=16)  # Built for 16 tokens; fed 40 at trace time.
   ids, mask = tokens_and_mask([3], 40)
   with pytest.raises(ConfigError, match='max_len=17'):
     jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask))
   with pytest.raises(ConfigError, match="needs a 'mlm' dataset"):
     models.get_model(model_config('transformer_encoder_mlm'),
-                     {'task': 'classification', 'num_classes': 2, 'vocab_size': 9, 'max_len': 8})
+                     Meta(task='classification', num_classes=2, vocab_size=9, max_len=8))
 
 
 def test_a_run_with_an_indivisible_patch_size_fails_before_writing_anything(tmp_path, data_dir):

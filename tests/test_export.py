@@ -22,9 +22,9 @@ import experiments.shakespeare_char as shakespeare_char
 import experiments.sst2_encoder as sst2_encoder
 from research import build, data, models
 from research.errors import ConfigError, RunError
+from research.models.decode import generate
 from research.tools import export, inference
 from research.tools.export_programs import PLATFORMS
-from research.tools.sample import generate
 from research.train import train_and_evaluate
 from research.train_step import model_inputs
 
@@ -76,8 +76,8 @@ class Run:
 
   @functools.cached_property
   def greedy(self) -> tuple[np.ndarray, np.ndarray]:
-    """LM: (prompt_1xP 'ROMEO:', the 12 tokens greedy decoding adds), from sampling.generate."""
-    prompt = self.dataset.meta['vocab'].encode('ROMEO:')[None]
+    """LM: (prompt_1xP 'ROMEO:', the 12 tokens greedy decoding adds), from decode.generate."""
+    prompt = self.dataset.tokenizer.encode('ROMEO:')[None]
     return prompt, np.asarray(generate(self.model, self.params, prompt, jax.random.key(0),
                                        num_tokens=12, temperature=0.0))
 
@@ -333,18 +333,18 @@ def test_inference_load_predicts_like_the_model(runs, kind, tmp_path):
     with pytest.raises(ConfigError, match=r'takes shape \(b, 28, 28, 1\).*got \(6, 28, 28\)'):
       model.predict(args[0][..., 0])
     np.save(tmp_path / 'bad.npy', args[0][:, :27])
-    result = subprocess.run([sys.executable, '-m', 'research.inference', run.export_dir,
+    result = subprocess.run([sys.executable, '-m', 'research.tools.inference', run.export_dir,
                              f'--images={tmp_path / "bad.npy"}'], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and 'error: inputs: the exported model takes shape' in \
         result.stderr, result.stderr[-2000:]
   elif kind == 'encoder':
-    vocab = run.dataset.meta['vocab']
+    vocab = run.dataset.tokenizer
     texts = [vocab.decode(ids[mask.astype(bool)]) for ids, mask in zip(*args, strict=True)]
     assert model.classify(texts) == [model.labels[i] for i in want]
     assert model.labels == ['negative', 'positive']
   else:
     assert model.generate('ROMEO:', num_tokens=12, temperature=0.0) == \
-        run.dataset.meta['vocab'].decode(run.greedy[1][0])
+        run.dataset.tokenizer.decode(run.greedy[1][0])
     with pytest.raises(ConfigError, match='more than the 32 positions'):
       model.logits(inputs=np.zeros((1, 33), np.int32))

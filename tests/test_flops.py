@@ -15,6 +15,7 @@ from conftest import REPO
 
 import experiments.gpt2_small as gpt2_small
 from research import data, models, optimizers
+from research.data.spec import Meta
 from research.tools import flops
 from research.train_step import init_state, train_step
 
@@ -47,7 +48,7 @@ def test_transformer_formula_counts_the_models_matmul_weights(overrides):
   cfg = ml_collections.ConfigDict(dict(name='transformer_lm', num_layers=3, d_model=32,
                                        num_heads=4, num_kv_heads=0, d_ff=0, max_len=16))
   cfg.update(overrides)
-  model = models.get_model(cfg, {'vocab_size': 50, 'block_size': 16})
+  model = models.get_model(cfg, Meta(task='lm', vocab_size=50, block_size=16))
   params = jax.eval_shape(lambda: nn.unbox(model.init(
       jax.random.key(0), np.zeros((1, 16), np.int32))['params']))
   n = flops.transformer_matmul_params(
@@ -55,11 +56,11 @@ def test_transformer_formula_counts_the_models_matmul_weights(overrides):
       d_ff=cfg.d_ff or 128, vocab_size=50, swiglu=cfg.get('mlp') == 'swiglu')
   assert n == matmul_weights(params)
   batch = {'inputs': jax.ShapeDtypeStruct((8, 16), np.int32)}
-  step_flops, formula = flops.train_step_flops(cfg, {'task': 'lm', 'vocab_size': 50}, batch)
+  step_flops, formula = flops.train_step_flops(cfg, Meta(task='lm', vocab_size=50), batch)
   assert step_flops == (6 * n + 12 * 3 * 16 * 32) * 8 * 16 and '12 * L * T * d' in formula
 
 
-def encoder_params(cfg: ml_collections.ConfigDict, meta: dict, example: dict):
+def encoder_params(cfg: ml_collections.ConfigDict, meta: Meta, example: dict):
   model = models.get_model(cfg, meta)
   return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), **example)['params']))
 
@@ -70,7 +71,7 @@ def test_encoder_counts_positions_patch_embedding_and_heads_from_the_model():
   masked LM's (dense + tied vocabulary) per predicted position."""
   cfg = ml_collections.ConfigDict(dict(name='transformer_encoder', num_layers=2, d_model=16,
                                        num_heads=2, d_ff=32, patch_size=7, pooling='cls'))
-  meta = {'task': 'classification', 'num_classes': 10, 'input_shape': (28, 28, 1)}
+  meta = Meta(task='classification', num_classes=10, input_shape=(28, 28, 1))
   params = encoder_params(cfg, meta, {'inputs': np.zeros((1, 28, 28, 1), np.float32)})
   assert flops.encoder_positions(cfg, (28, 28, 1)) == 16 + 1  # Not 28 image rows.
   signal = ml_collections.ConfigDict(dict(cfg, patch_size=2))
@@ -86,7 +87,7 @@ def test_encoder_counts_positions_patch_embedding_and_heads_from_the_model():
 
   mlm = ml_collections.ConfigDict(dict(name='transformer_encoder_mlm', num_layers=1, d_model=16,
                                        num_heads=2, d_ff=32, pooling='cls'))
-  meta = {'task': 'mlm', 'vocab_size': 40, 'max_len': 12}
+  meta = Meta(task='mlm', vocab_size=40, max_len=12)
   params = encoder_params(mlm, meta, {'inputs': np.zeros((1, 12), np.int32),
                                       'input_mask': np.ones((1, 12), np.int32)})
   batch = {'inputs': jax.ShapeDtypeStruct((4, 12), np.int32),
@@ -101,7 +102,8 @@ def test_mlp_counts_the_input_layer_without_its_input_gradient():
   cfg = ml_collections.ConfigDict(dict(name='mlp', widths=(1024, 1024)))
   batch = {'inputs': jax.ShapeDtypeStruct((128, 28, 28, 1), np.float32)}
   first, rest = 784 * 1024, 1024 * 1024 + 1024 * 10
-  assert flops.train_step_flops(cfg, {'num_classes': 10}, batch)[0] == (4 * first + 6 * rest) * 128
+  meta = Meta('classification', num_classes=10)
+  assert flops.train_step_flops(cfg, meta, batch)[0] == (4 * first + 6 * rest) * 128
   # GPT-2 small's shape: 12 * 12 * 768^2 = 84.9M matmul weights in the layers.
   c = gpt2_small.get_config()
   layers = flops.transformer_matmul_params(

@@ -12,6 +12,7 @@ from research import config as configs
 from research import optimizers
 from research.config_checks import check_train_config
 from research.data import pipeline
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.models import get_model
 
@@ -91,7 +92,7 @@ def test_mlp_output_shape_and_dtype():
   cfg = ml_collections.ConfigDict({'name': 'mlp', 'widths': (32, 16), 'activation': 'gelu',
                                    'dropout_rate': 0.1, 'dtype': 'bfloat16',
                                    'param_dtype': 'float32'})
-  model = get_model(cfg, {'num_classes': 10})
+  model = get_model(cfg, Meta('classification', num_classes=10))
   x = jnp.ones((4, 28, 28, 1))
   params = model.init(jax.random.key(0), inputs=x)['params']
   logits = model.apply({'params': params}, inputs=x, train=True,

@@ -15,8 +15,9 @@ from conftest import run_launch
 import experiments.shakespeare_char as shakespeare_char
 from research import models
 from research.data import get_dataset
+from research.data.spec import Meta
 from research.errors import ConfigError
-from research.tools.sample import generate, window_keep
+from research.models.decode import generate, window_keep
 from research.train import train_and_evaluate
 from research.train_step import loss_sums
 
@@ -51,7 +52,7 @@ VARIANTS = {
 @functools.cache
 def model_and_params(variant):
   config = tiny_config(max_len=16, init_std=0.5, **VARIANTS[variant])
-  model = models.get_model(config.model, {'vocab_size': VOCAB, 'block_size': 16})
+  model = models.get_model(config.model, Meta(task='lm', vocab_size=VOCAB, block_size=16))
   return model, init_params(model, 16)
 
 
@@ -136,7 +137,8 @@ def test_cached_generation_matches_uncached(variant, sampling):
 def test_bad_model_config_fails_before_compute(model_options, message):
   config = tiny_config(**model_options)
   with pytest.raises(ConfigError, match=message):
-    models.get_model(config.model, {'vocab_size': VOCAB, 'block_size': config.data.block_size})
+    models.get_model(config.model,
+                     Meta(task='lm', vocab_size=VOCAB, block_size=config.data.block_size))
 
 
 @pytest.fixture(scope='module')
@@ -149,8 +151,8 @@ def trained(tmp_path_factory, data_dir):
 def test_data_windows_and_vocab(data_dir, tmp_path):
   config = tiny_config(data_dir)
   dataset = get_dataset(config, workdir=str(tmp_path))
-  vocab = dataset.meta['vocab']
-  assert len(vocab) == VOCAB and dataset.meta['task'] == 'lm'
+  vocab = dataset.tokenizer
+  assert vocab.vocab_size == VOCAB and dataset.meta.task == 'lm'
   assert json.load(open(tmp_path / 'vocab.json'))['chars'] == list(vocab.chars)
   a, b = dataset.train_batch(7), dataset.train_batch(7)
   np.testing.assert_array_equal(a['inputs'], b['inputs'])  # A pure function of (seed, step).

@@ -16,6 +16,7 @@ import experiments.shakespeare_char as shakespeare_char
 import experiments.sst2_encoder as sst2_encoder
 from research import config as configs
 from research import models, optimizers
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.optimizers import path_name
 
@@ -31,13 +32,13 @@ def boxed_params(config, meta, **inputs):
 def lm_params(scan_layers, use_bias):
   config = shakespeare_char.get_config('cpu')
   config.model.scan_layers, config.model.use_bias = scan_layers, use_bias
-  return boxed_params(config, {'vocab_size': 65, 'block_size': 64},
+  return boxed_params(config, Meta(task='lm', vocab_size=65, block_size=64),
                       inputs=jnp.zeros((1, 64), jnp.int32))
 
 
 def encoder_params():
   config = sst2_encoder.get_config('tiny')
-  meta = {'task': 'classification', 'vocab_size': 50, 'max_len': 64, 'num_classes': 2}
+  meta = Meta(task='classification', vocab_size=50, max_len=64, num_classes=2)
   return boxed_params(config, meta, inputs=jnp.zeros((1, 64), jnp.int32),
                       input_mask=jnp.ones((1, 64), jnp.int32))
 
@@ -89,7 +90,8 @@ def test_encoder_decays_kernels_and_embeddings_not_its_2d_attention_biases():
 def test_mlp_decays_its_kernels_only():
   config = mnist_mlp.get_config('smoke')
   config.model.widths = (8, 8)
-  params = boxed_params(config, {'num_classes': 10}, inputs=jnp.zeros((1, 28, 28, 1)))
+  params = boxed_params(config, Meta('classification', num_classes=10),
+                        inputs=jnp.zeros((1, 28, 28, 1)))
   assert decayed(params) == ['dense_0/kernel', 'dense_1/kernel', 'head/kernel']
 
 

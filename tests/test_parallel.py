@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from research import checkpointing, models, parallel
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.train_step import eval_step, init_state, train_step
 
@@ -42,7 +43,8 @@ def parallel_config(**kw) -> ml_collections.ConfigDict:
 
 def mlp_case(dropout: float = 0.0):
   model = models.get_model(ml_collections.ConfigDict(dict(
-      name='mlp', widths=(64, 32), activation='relu', dropout_rate=dropout)), {'num_classes': 10})
+      name='mlp', widths=(64, 32), activation='relu', dropout_rate=dropout)),
+      Meta('classification', num_classes=10))
   rng = np.random.default_rng(0)
   inputs = [rng.normal(size=(BATCH, 8, 8, 1)).astype(np.float32) for _ in range(2 * STEPS)]
   # The label is the largest of the first 10 pixels: learnable in a few steps.
@@ -55,7 +57,7 @@ def lm_model(**overrides):
   cfg = dict(name='transformer_lm', num_layers=1, d_model=32, num_heads=8, num_kv_heads=8,
              d_ff=64, dropout_rate=0.0, max_len=16)
   cfg.update(overrides)
-  return models.get_model(ml_collections.ConfigDict(cfg), {'vocab_size': 48, 'block_size': 16})
+  return models.get_model(ml_collections.ConfigDict(cfg), Meta('lm', vocab_size=48, block_size=16))
 
 
 def lm_case(dropout: float = 0.0):
@@ -73,8 +75,8 @@ def encoder_case(dropout: float = 0.0):
   """A token classifier with padding: the label is whether the first token is in the upper half."""
   cfg = dict(name='transformer_encoder', num_layers=1, d_model=32, num_heads=8, d_ff=64,
              dropout_rate=dropout, attention_dropout_rate=dropout, pooling='cls')
-  model = models.get_model(ml_collections.ConfigDict(cfg), {
-      'task': 'classification', 'num_classes': 2, 'vocab_size': 48, 'max_len': 12})
+  model = models.get_model(ml_collections.ConfigDict(cfg), Meta(
+      task='classification', num_classes=2, vocab_size=48, max_len=12))
   rng = np.random.default_rng(2)
   batches = []
   for _ in range(2 * STEPS):

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from research import models
+from research.data.spec import Meta
 from research.train_step import global_rows, init_state, micro_batches, train_step
 
 
@@ -30,12 +31,13 @@ def lm(dropout: float, **options) -> nn.Module:
   return models.get_model(ml_collections.ConfigDict(dict(
       name='transformer_lm', num_layers=2, d_model=16, num_heads=2, d_ff=32, max_len=8,
       dropout_rate=dropout, attention_dropout_rate=dropout, **options)),
-      {'vocab_size': 11, 'block_size': 8})
+      Meta('lm', vocab_size=11, block_size=8))
 
 
 def mlp(dropout: float) -> nn.Module:
   return models.get_model(ml_collections.ConfigDict(dict(
-      name='mlp', widths=(8, 8), activation='relu', dropout_rate=dropout)), {'num_classes': 3})
+      name='mlp', widths=(8, 8), activation='relu', dropout_rate=dropout)),
+      Meta('classification', num_classes=3))
 
 
 def state_and_step(model: nn.Module, batch: dict, grad_accum_steps: int):

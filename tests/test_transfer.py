@@ -19,6 +19,7 @@ from conftest import REPO
 import experiments.sst2_encoder as sst2_encoder
 from research import models, transfer
 from research.checkpointing import complete_steps
+from research.data.spec import Meta
 from research.errors import ConfigError
 
 ENCODER = ('cls_embed', 'final_norm', 'position_embed', 'stack', 'token_embed')
@@ -62,8 +63,8 @@ def fine_tuned(pretrained, tmp_path_factory, data_dir):
 
 def abstract_params(vocab_size):
   """The tiny SST-2 classifier and its params' shapes (nothing computed)."""
-  model = models.get_model(sst2_encoder.get_config('tiny').model, {
-      'task': 'classification', 'num_classes': 2, 'vocab_size': vocab_size, 'max_len': 64})
+  model = models.get_model(sst2_encoder.get_config('tiny').model, Meta(
+      task='classification', num_classes=2, vocab_size=vocab_size, max_len=64))
   ids = jnp.zeros((1, 64), jnp.int32)
   return model, jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), ids, ids)['params']))
 

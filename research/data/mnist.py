@@ -8,6 +8,8 @@ import ml_collections
 import numpy as np
 
 from research.data import pipeline, tfds_build
+from research.data.spec import DatasetSpec, Meta
+from research.data.tokenizers import Tokenizer
 
 MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
@@ -23,8 +25,12 @@ def _to_float(batch: pipeline.Batch) -> pipeline.Batch:
   return dict(batch, inputs=batch['inputs'].astype(np.float32) / 255.0)
 
 
-def get_dataset(config: ml_collections.ConfigDict, process_index: int,
-                process_count: int) -> pipeline.Dataset:
+def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Meta:
+  return Meta(task='classification', num_classes=10, input_shape=(28, 28, 1))
+
+
+def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
+                workdir: str | None = None) -> pipeline.Dataset:
   train = load_split(config.data, config.data.train_split)
   test = load_split(config.data, config.data.eval_split)
   train_batch = functools.partial(pipeline.shuffled_train_batch, train, seed=config.seed,
@@ -40,4 +46,8 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int,
       train_batch=lambda step: _to_float(train_batch(step)),
       eval_batches=eval_batches,
       num_eval_examples=len(test['targets']),
-      meta={'num_classes': 10, 'input_shape': (28, 28, 1), 'task': 'classification'})
+      meta=meta(config))
+
+
+SPEC = DatasetSpec('mnist', get_dataset, meta, inputs='image', labels=tuple('0123456789'),
+                   preprocess='float32 pixels in [0, 1] (uint8 / 255), shape 28x28x1')

@@ -14,9 +14,12 @@ import ml_collections
 import numpy as np
 
 from research.data import pipeline, tfds_build
+from research.data.spec import DatasetSpec, Meta
+from research.data.tokenizers import Tokenizer
 
 NAME = 'mnist1d'
 SOURCE_FILES = ('mnist1d_data.pkl',)
+INPUT_SHAPE = (40, 1)  # Time x channels (the builder's LENGTH x 1).
 
 
 def load_split(data: ml_collections.ConfigDict, split: str) -> pipeline.Batch:
@@ -27,8 +30,12 @@ def load_split(data: ml_collections.ConfigDict, split: str) -> pipeline.Batch:
           'targets': arrays['label'].astype(np.int32)}
 
 
-def get_dataset(config: ml_collections.ConfigDict, process_index: int,
-                process_count: int) -> pipeline.Dataset:
+def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) -> Meta:
+  return Meta(task='classification', num_classes=10, input_shape=INPUT_SHAPE)
+
+
+def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
+                workdir: str | None = None) -> pipeline.Dataset:
   train = load_split(config.data, config.data.train_split)
   test = load_split(config.data, config.data.eval_split)
   return pipeline.Dataset(
@@ -39,5 +46,9 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int,
           test, batch_size=config.eval_batch_size, process_index=process_index,
           process_count=process_count),
       num_eval_examples=len(test['targets']),
-      meta={'num_classes': 10, 'input_shape': train['inputs'].shape[1:],
-            'task': 'classification'})
+      meta=meta(config))
+
+
+SPEC = DatasetSpec(NAME, get_dataset, meta, inputs='array', labels=tuple('0123456789'),
+                   preprocess='the standardized 40-step float32 signals of the MNIST-1D pickle, '
+                              'shape 40x1 (time x channels)')

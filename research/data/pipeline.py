@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from research.data.spec import Meta
+from research.data.tokenizers import Tokenizer
+
 Batch = dict[str, np.ndarray]
 
 
@@ -26,11 +29,12 @@ class Dataset:
   train_batch: Callable[[int], Batch]  # step -> this process's rows of the global train batch
   eval_batches: Callable[[], Iterator[Batch]]  # the whole eval split, padded, with a 0/1 'mask'
   num_eval_examples: int
-  meta: dict  # model-facing facts: num_classes, vocab_size, input shape, ...
+  meta: Meta  # What shapes the model: task, num_classes, vocab_size, input shape, ...
   # step -> this process's rows of a train batch of the largest shape any step can have (e.g. the
   # widest length bucket), for sizing memory and timing at one stated shape; None when every
   # step's batch has the same shape.
   widest_train_batch: Callable[[int], Batch] | None = None
+  tokenizer: Tokenizer | None = None  # Text datasets: the one saved as WORKDIR/vocab.json.
 
   def largest_train_batch(self, step: int = 0) -> Batch:
     """A train batch of the largest shape training can see (what memory must be sized for)."""

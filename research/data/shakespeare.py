@@ -11,9 +11,7 @@ in consecutive non-overlapping windows (the last one padded and masked).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import os
 
@@ -22,51 +20,13 @@ import numpy as np
 
 from research.config_checks import check_positive
 from research.data import pipeline, tfds_build
+from research.data.spec import DatasetSpec, Meta
+from research.data.tokenizers import FILE as VOCAB_FILE
+from research.data.tokenizers import CharVocab, Tokenizer
 from research.errors import ConfigError
 
 NAME = 'tiny_shakespeare'
 SOURCE_FILES = ('input.txt',)
-VOCAB_FILE = 'vocab.json'
-
-
-@dataclasses.dataclass(frozen=True)
-class CharVocab:
-  """Characters <-> ids (ids in sorted character order, as nanoGPT)."""
-
-  chars: tuple[str, ...]
-
-  @classmethod
-  def from_text(cls, text: str) -> CharVocab:
-    return cls(tuple(sorted(set(text))))
-
-  @classmethod
-  def load(cls, path: str) -> CharVocab:
-    with open(path) as f:
-      return cls(tuple(json.load(f)['chars']))
-
-  def save(self, path: str) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump({'type': 'char', 'chars': list(self.chars)}, f)
-    os.replace(tmp, path)
-
-  def __len__(self) -> int:
-    return len(self.chars)
-
-  def encode(self, text: str, what: str = 'text') -> np.ndarray:
-    """int32 ids; characters outside the vocabulary raise ConfigError (naming them)."""
-    codes = np.frombuffer(text.encode('utf-32-le'), np.uint32)
-    table = np.array([ord(c) for c in self.chars], np.uint32)  # Sorted, so searchsorted works.
-    ids = np.minimum(np.searchsorted(table, codes), len(table) - 1)
-    unknown = table[ids] != codes
-    if unknown.any():
-      bad = sorted({chr(c) for c in codes[unknown]})
-      raise ConfigError(f'The {what} has {int(unknown.sum())} character(s) outside the '
-                        f'{len(self)}-symbol vocabulary: {bad!r}.')
-    return ids.astype(np.int32)
-
-  def decode(self, ids) -> str:
-    return ''.join(self.chars[i] for i in np.asarray(ids).reshape(-1))
 
 
 def load_text(data: ml_collections.ConfigDict, split: str) -> str:
@@ -106,6 +66,10 @@ def eval_windows(ids: np.ndarray, block_size: int) -> pipeline.Batch:
           'target_mask': valid.reshape(num_windows, block_size).astype(np.float32)}
 
 
+def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta:
+  return Meta(task='lm', vocab_size=tokenizer.vocab_size, block_size=config.data.block_size)
+
+
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
                 workdir: str | None = None) -> pipeline.Dataset:
   check_positive(config, 'data.block_size')
@@ -122,17 +86,15 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
   train_batch = functools.partial(train_windows, train_ids, seed=config.seed,
                                   batch_size=config.batch_size, block_size=block_size,
                                   process_index=process_index, process_count=process_count)
-  meta = {'task': 'lm', 'vocab_size': len(vocab), 'block_size': block_size, 'vocab': vocab,
-          'num_eval_targets': len(eval_ids) - 1}
-  sample = config.get('sample')
-  if sample is not None and sample.num_tokens > 0:
-    from research.tools.sample import make_eval_hook  # Imports jax; the data stays numpy-only.
-
-    meta['eval_hooks'] = (make_eval_hook(vocab, sample),)
   return pipeline.Dataset(
       train_batch=train_batch,
       eval_batches=lambda: pipeline.padded_eval_batches(
           windows, batch_size=config.eval_batch_size, process_index=process_index,
           process_count=process_count),
       num_eval_examples=len(windows['inputs']),
-      meta=meta)
+      meta=meta(config, vocab),
+      tokenizer=vocab)
+
+
+SPEC = DatasetSpec(NAME, get_dataset, meta, inputs='tokens', tokenizer=CharVocab.KIND,
+                   preprocess=f'character ids from {VOCAB_FILE} (sorted characters)')

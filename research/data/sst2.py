@@ -32,12 +32,13 @@ from absl import logging
 
 from research.config_checks import check_choice, check_positive
 from research.data import pipeline, tfds_build
-from research.data.word_vocab import MASK, SPECIALS, UNK, WordVocab
+from research.data.spec import DatasetSpec, Meta
+from research.data.tokenizers import FILE as VOCAB_FILE
+from research.data.tokenizers import MASK, SPECIALS, UNK, Tokenizer, WordVocab
 from research.errors import ConfigError
 
 NAME = 'sst2'
 SOURCE_FILES = ('train.tsv', 'dev.tsv', 'test.tsv')
-VOCAB_FILE = 'vocab.json'
 OBJECTIVES = ['classification', 'mlm']
 
 
@@ -145,6 +146,13 @@ def _check(data: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
   return data.max_len, buckets
 
 
+def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta:
+  if config.data.objective == 'mlm':
+    return Meta(task='mlm', vocab_size=tokenizer.vocab_size, max_len=config.data.max_len)
+  return Meta(task='classification', vocab_size=tokenizer.vocab_size,
+              max_len=config.data.max_len, num_classes=2)
+
+
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
                 workdir: str | None = None) -> pipeline.Dataset:
   max_len, buckets = _check(config.data)
@@ -178,17 +186,21 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
       batch = drop_words(batch, rng, config.data.word_dropout)
     return {k: v[rows] for k, v in batch.items()}
 
-  meta = {'task': 'mlm' if mlm else 'classification', 'vocab_size': len(vocab),
-          'max_len': max_len, 'vocab': vocab}
-  if not mlm:
-    meta['num_classes'] = 2
   return pipeline.Dataset(
       train_batch=train_batch,
       eval_batches=lambda: pipeline.padded_eval_batches(
           evals, batch_size=config.eval_batch_size, process_index=process_index,
           process_count=process_count),
       num_eval_examples=len(eval_labels),
-      meta=meta,
+      meta=meta(config, vocab),
       widest_train_batch=(lambda step: train_batch(step, widest=True)) if len(buckets) > 1
-      else None)
+      else None,
+      tokenizer=vocab)
+
+
+SPEC = DatasetSpec(NAME, get_dataset, meta, inputs='text', labels=('negative', 'positive'),
+                   tokenizer=WordVocab.KIND,
+                   preprocess=f'lower-cased PTB-tokenized text split on whitespace; word ids from '
+                              f'{VOCAB_FILE} ([PAD]=0, [UNK]=1), right-padded; input_mask 1 on '
+                              'words, 0 on padding')
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from research.config_checks import suggest
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.models import blocks
 from research.models.dropout import Dropout
@@ -153,43 +154,43 @@ class TransformerEncoder(nn.Module):
     return logits_BxLxV.astype(jnp.float32)
 
 
-def sequence_length(cfg: ml_collections.ConfigDict, meta: dict) -> tuple[int, int]:
+def sequence_length(cfg: ml_collections.ConfigDict, meta: Meta) -> tuple[int, int]:
   """(positions the encoder sees including [CLS], patch size or 0), checked before compute."""
-  if meta.get('vocab_size'):
-    length, patch_size = meta['max_len'], 0
+  if meta.vocab_size:
+    length, patch_size = meta.max_len, 0
   else:
     patch_size = cfg.get('patch_size', 0)
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
       raise ConfigError('config.model.patch_size must be a positive integer for '
-                        f'{tuple(meta["input_shape"])} inputs, got {patch_size!r}.')
-    length = math.prod(patch_grid(tuple(meta['input_shape']), patch_size))
+                        f'{meta.input_shape} inputs, got {patch_size!r}.')
+    length = math.prod(patch_grid(meta.input_shape, patch_size))
   return length + (cfg.get('pooling', 'cls') == 'cls'), patch_size
 
 
-def from_config(cfg: ml_collections.ConfigDict, meta: dict, head: str) -> TransformerEncoder:
+def from_config(cfg: ml_collections.ConfigDict, meta: Meta, head: str) -> TransformerEncoder:
   """Builds the encoder from `config.model` and the dataset's meta; ConfigError before compute."""
   pooling = cfg.get('pooling', 'cls')
   if pooling not in POOLINGS:
     raise ConfigError(f'config.model.pooling={pooling!r} is not one of {list(POOLINGS)}.'
                       f'{suggest(str(pooling), list(POOLINGS))}')
-  task = meta.get('task')
+  task = meta.task
   want = 'mlm' if head == 'mlm' else 'classification'
   if task != want:
     raise ConfigError(f'config.model.name={cfg.name!r} needs a {want!r} dataset, but '
                       f'{task!r} data was configured (e.g. data.objective).')
-  if head == 'mlm' and not meta.get('vocab_size'):
+  if head == 'mlm' and not meta.vocab_size:
     raise ConfigError('The masked-LM head needs token inputs (a dataset with a vocabulary).')
   length, patch_size = sequence_length(cfg, meta)
   max_len = cfg.get('max_len', 0) or length
   if not isinstance(max_len, int) or max_len <= 0:
     raise ConfigError(f'config.model.max_len must be a positive integer, got {max_len!r}.')
   if length > max_len:
-    what = 'data.max_len' if meta.get('vocab_size') else 'the number of patches'
+    what = 'data.max_len' if meta.vocab_size else 'the number of patches'
     raise ConfigError(f'Sequences of {length} positions ({what}'
                       f'{" + 1 for [CLS]" if pooling == "cls" else ""}) are longer than the '
                       f'position table, config.model.max_len={max_len}. Raise model.max_len or '
                       'shorten the input.')
   return TransformerEncoder(
       blocks.transformer_config(cfg, max_len),
-      num_outputs=meta['vocab_size'] if head == 'mlm' else meta['num_classes'],
-      vocab_size=meta.get('vocab_size', 0), patch_size=patch_size, pooling=pooling, head=head)
+      num_outputs=meta.vocab_size if head == 'mlm' else meta.num_classes,
+      vocab_size=meta.vocab_size or 0, patch_size=patch_size, pooling=pooling, head=head)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from research.data.spec import Meta
 from research.errors import ConfigError
 from research.models import blocks
 from research.models.dropout import Dropout
@@ -83,14 +84,14 @@ def init_cache(model: TransformerLM, batch_size: int) -> dict:
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def from_config(cfg: ml_collections.ConfigDict, meta: dict) -> TransformerLM:
+def from_config(cfg: ml_collections.ConfigDict, meta: Meta) -> TransformerLM:
   """Builds the LM from `config.model` and the dataset's meta (vocab_size, block_size)."""
-  max_len = cfg.get('max_len', 0) or meta['block_size']
+  max_len = cfg.get('max_len', 0) or meta.block_size
   if not isinstance(max_len, int) or max_len <= 0:
     raise ConfigError(f'config.model.max_len must be a positive integer, got {max_len!r}.')
-  if meta['block_size'] > max_len:
-    raise ConfigError(f'config.data.block_size={meta["block_size"]} is larger than '
+  if meta.block_size > max_len:
+    raise ConfigError(f'config.data.block_size={meta.block_size} is larger than '
                       f'config.model.max_len={max_len} (the position table and KV cache size). '
                       'Raise config.model.max_len or lower the block size.')
-  return TransformerLM(blocks.transformer_config(cfg, max_len), vocab_size=meta['vocab_size'],
+  return TransformerLM(blocks.transformer_config(cfg, max_len), vocab_size=meta.vocab_size,
                        tie_embeddings=cfg.get('tie_embeddings', True))

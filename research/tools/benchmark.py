@@ -256,8 +256,8 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The compiled program is one device's: pmap's runs once per device, and jit's SPMD program is
   # partitioned per device too (a replicated computation is counted on each).
   xla_total = xla * jax.device_count() if xla is not None else None
-  tokens = (config.batch_size * dataset.meta['block_size']
-            if dataset.meta.get('task') == 'lm' else None)
+  tokens = (config.batch_size * dataset.meta.block_size
+            if dataset.meta.task == 'lm' else None)
   achieved = model_flops / step_s if model_flops else None
   report = {
       'model': config.model.name, 'dataset': config.data.name,

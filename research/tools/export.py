@@ -19,20 +19,19 @@ JAX and Rust read without this project, flax or pickle, memory-mappable, bfloat1
 msgpack (`flax.serialization`) needs flax (or a msgpack decoder that knows its ndarray extension)
 to read and keeps no header to inspect.
 
-Adding a dataset is one `DataSpec` (the model meta it implies, without loading data, and the
-inputs' signature); adding a task is one builder in export_programs.PROGRAMS.
+What the dataset implies (the model meta, without loading data; the inputs' signature; the
+tokenizer file to carry; labels and preprocessing) comes from its `DatasetSpec` (research/data);
+adding a task is one builder in export_programs.PROGRAMS.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -43,12 +42,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from research import build, checkpointing, models, provenance
+from research import build, checkpointing, data, models, provenance
+from research.data.spec import DatasetSpec, Meta
 from research.errors import ConfigError
 from research.tools.export_programs import (
   CHECK_BATCH,
   PROGRAMS,
-  Signature,
   check_program,
   describe,
   export_program,
@@ -100,84 +99,6 @@ def load_params(path: str) -> dict:
     dtype = SAFETENSORS_DTYPES[t['dtype']]
     node[leaf] = np.frombuffer(t['data'], dtype=dtype).reshape(t['shape']).copy()
   return params
-
-
-# --- What each dataset implies, without loading it ---------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-  """meta(config, workdir): the dataset meta models.get_model needs (JSON-able).
-
-  inputs(meta, model): ({model input name: (dims, dtype)}, symbolic constraints), dims written
-  for `jax.export.symbolic_shape` with `b` the batch. assets: workdir files copied to export/.
-  """
-
-  meta: Callable[[ml_collections.ConfigDict, str], dict]
-  inputs: Callable[[dict, Any], tuple[Signature, tuple[str, ...]]]
-  assets: tuple[str, ...] = ()
-  labels: tuple[str, ...] = ()
-  preprocess: str = ''
-
-
-def _fixed_meta(num_classes: int, input_shape: list[int]):
-  """Array classifiers: the meta is a constant of the dataset."""
-  return lambda config, workdir: {'task': 'classification', 'num_classes': num_classes,
-                                  'input_shape': input_shape}
-
-
-def _vocab_path(workdir: str) -> str:
-  path = os.path.join(workdir, 'vocab.json')
-  if not os.path.exists(path):
-    raise ConfigError(f'{path} is missing: the export needs the vocabulary saved by training.')
-  return path
-
-
-def _shakespeare_meta(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  from research.data.shakespeare import CharVocab
-
-  return {'task': 'lm', 'vocab_size': len(CharVocab.load(_vocab_path(workdir))),
-          'block_size': config.data.block_size}
-
-
-def _sst2_meta(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  from research.data.word_vocab import WordVocab
-
-  if config.data.objective != 'classification':
-    raise ConfigError(f'This is a data.objective={config.data.objective!r} run; export serves '
-                      'classifiers (export the fine-tuned classifier run instead).')
-  return {'task': 'classification', 'vocab_size': len(WordVocab.load(_vocab_path(workdir))),
-          'max_len': config.data.max_len, 'num_classes': 2}
-
-
-def _image_inputs(meta: dict, model) -> tuple[dict, tuple]:
-  dims = ', '.join(map(str, meta['input_shape']))
-  return {'inputs': (f'b, {dims}', 'float32')}, ()
-
-
-def _token_inputs(meta: dict, model) -> tuple[dict, tuple]:
-  return {'inputs': ('b, l', 'int32')}, (f'l <= {model.cfg.max_len}',)
-
-
-def _text_inputs(meta: dict, model) -> tuple[dict, tuple]:
-  return ({'inputs': ('b, l', 'int32'), 'input_mask': ('b, l', 'int32')},
-          (f'l <= {meta["max_len"]}',))
-
-
-DATA_SPECS = {
-    'mnist': DataSpec(_fixed_meta(10, [28, 28, 1]), _image_inputs, labels=tuple('0123456789'),
-                      preprocess='float32 pixels in [0, 1] (uint8 / 255), shape 28x28x1'),
-    'mnist1d': DataSpec(_fixed_meta(10, [40, 1]), _image_inputs, labels=tuple('0123456789'),
-                        preprocess='the standardized 40-step float32 signals of the MNIST-1D '
-                                   'pickle, shape 40x1 (time x channels)'),
-    'tiny_shakespeare': DataSpec(_shakespeare_meta, _token_inputs, assets=('vocab.json',),
-                                 preprocess='character ids from vocab.json (sorted characters)'),
-    'sst2': DataSpec(_sst2_meta, _text_inputs, assets=('vocab.json',),
-                     labels=('negative', 'positive'),
-                     preprocess='lower-cased PTB-tokenized text split on whitespace; word ids '
-                                'from vocab.json ([PAD]=0, [UNK]=1), right-padded; input_mask 1 '
-                                'on words, 0 on padding'),
-}
 
 
 # --- The workdir ------------------------------------------------------------------------------
@@ -268,17 +189,14 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
   if not os.path.isdir(workdir):
     raise ConfigError(f'--workdir={workdir} does not exist.')
   config = load_run_config(workdir)
-  name = config.data.name
-  if name not in DATA_SPECS:
-    raise ConfigError(f'Export does not know dataset {name!r} (known: {sorted(DATA_SPECS)}); '
-                      'add a DataSpec for it in research/export.py.')
-  spec = DATA_SPECS[name]
+  spec = data.get_spec(config.data.name)
   step = resolve_checkpoint(config, workdir, checkpoint)
-  meta = spec.meta(config, workdir)
-  if meta['task'] not in PROGRAMS:
-    raise ConfigError(f'Export has no programs for task {meta["task"]!r}.')
+  meta = spec.read_meta(config, workdir)
+  if meta.task not in PROGRAMS:
+    raise ConfigError(f'This is a {meta.task!r} run; export serves {" and ".join(PROGRAMS)} '
+                      'models (for a pre-training run, export the run fine-tuned from it).')
   model = models.get_model(portable_model_config(config), meta)
-  signature, _ = spec.inputs(meta, model)
+  signature, _ = input_signature(spec, meta, model)
   example = dict(zip(signature, random_inputs(signature, 1, np.random.default_rng(0)),
                      strict=True))
   step, params = build.restore_params(config, workdir, model, example, step)
@@ -312,8 +230,13 @@ def replace_dir(new: str, final: str) -> None:
   shutil.rmtree(aside)
 
 
-def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec: DataSpec,
-                 meta: dict, model, params: PyTree, step: int, checkpoint: str,
+def input_signature(spec: DatasetSpec, meta: Meta, model) -> tuple[dict, tuple[str, ...]]:
+  """The model's inputs, as the dataset spec declares them; an LM takes up to its max_len."""
+  return spec.signature(meta, model.cfg.max_len if meta.task == 'lm' else None)
+
+
+def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec: DatasetSpec,
+                 meta: Meta, model, params: PyTree, step: int, checkpoint: str,
                  check: bool = True) -> dict:
   """Params, config, assets and programs into `out`; the manifest (without timings) returned."""
   params_path = os.path.join(out, PARAMS_FILE)
@@ -328,7 +251,7 @@ def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec
   sixteen_bit = jnp.dtype(config.model.get('dtype', 'float32')).itemsize < 4
   tolerance = 5e-2 if sixteen_bit else 1e-4
   programs = {}
-  for program in PROGRAMS[meta['task']](model, params, meta, *spec.inputs(meta, model)):
+  for program in PROGRAMS[meta.task](model, params, meta, *input_signature(spec, meta, model)):
     t = time.perf_counter()
     exported = export_program(program)
     path = os.path.join(out, program.name + PROGRAM_SUFFIX)
@@ -346,8 +269,8 @@ def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec
                             'platform': jax.default_backend()}}
   return {
       'format': 1,
-      'model': {'name': config.model.name, 'task': meta['task'], 'meta': meta,
-                'max_len': model.cfg.max_len if meta['task'] == 'lm' else None,  # KV cache size.
+      'model': {'name': config.model.name, 'task': meta.task, 'meta': meta.to_json(),
+                'max_len': model.cfg.max_len if meta.task == 'lm' else None,  # KV cache size.
                 'labels': list(spec.labels), 'preprocess': spec.preprocess,
                 'assets': list(spec.assets)},
       'checkpoint': {'requested': checkpoint, 'step': step,

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from research.data.spec import Meta, Signature
 from research.errors import RunError
+from research.models.lm import decoder, init_cache
 
 PyTree = Any
-Signature = dict[str, tuple[str, str]]  # Model input name -> (dims for symbolic_shape, dtype).
 # Lowered for every platform jax.export supports here, so the same file serves a CPU or GPU/TPU
 # process (the export's own check runs only on the exporting machine's backend).
 PLATFORMS = ('cpu', 'cuda', 'tpu')
@@ -69,7 +70,7 @@ def symbolic_args(signature: Signature, scope: jax_export.SymbolicScope) -> tupl
                for dims, dt in signature.values())
 
 
-def classifier_programs(model, params: PyTree, meta: dict, signature: Signature,
+def classifier_programs(model, params: PyTree, meta: Meta, signature: Signature,
                         constraints: tuple[str, ...]) -> list[Program]:
   names = tuple(signature)
 
@@ -79,21 +80,19 @@ def classifier_programs(model, params: PyTree, meta: dict, signature: Signature,
 
   return [Program('logits', logits, symbolic_args(signature, jax_export.SymbolicScope(constraints)),
                   names, ('logits',), f'({", ".join(names)}) -> logits_BxC',
-                  lambda b, rng: random_inputs(signature, b, rng, meta.get('vocab_size', 2)),
+                  lambda b, rng: random_inputs(signature, b, rng, meta.vocab_size or 2),
                   constraints)]
 
 
-def lm_programs(model, params: PyTree, meta: dict, signature: Signature,
+def lm_programs(model, params: PyTree, meta: Meta, signature: Signature,
                 constraints: tuple[str, ...]) -> list[Program]:
   """logits over a sequence, and prefill + decode_step to drive KV-cache generation from outside.
 
   The cache is the decoder's `cache` collection without its index: `pos` says where `token` goes.
   Positions must stay below max_len; past it, prefill again from the last tokens (a sliding
-  window, as research/sampling.py does).
+  window, as research/models/decode.py does).
   """
-  from research.models.lm import decoder, init_cache
-
-  max_len, vocab = model.cfg.max_len, meta['vocab_size']
+  max_len, vocab = model.cfg.max_len, meta.vocab_size
   dec = decoder(model)
   (tokens_spec,) = symbolic_args(signature, jax_export.SymbolicScope(constraints))  # (b, l)
   cache_1 = jax.eval_shape(lambda: init_cache(model, 1))

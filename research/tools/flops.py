@@ -32,6 +32,7 @@ import re
 
 import ml_collections
 
+from research.data.spec import Meta
 from research.models import encoder
 
 # (name as words of jax.Device.device_kind, dense bf16 FLOP/s per device). A name matches whole
@@ -105,19 +106,19 @@ def _layer_params(model_cfg: ml_collections.ConfigDict, head_outputs: int) -> in
       swiglu=model_cfg.get('mlp', 'gelu') == 'swiglu')
 
 
-def _mlp_terms(model_cfg: ml_collections.ConfigDict, meta: dict, batch: dict) -> tuple[dict, str]:
+def _mlp_terms(model_cfg: ml_collections.ConfigDict, meta: Meta, batch: dict) -> tuple[dict, str]:
   inputs = batch['inputs'].shape
   widths = tuple(model_cfg.widths)
-  first = math.prod(inputs[1:]) * (widths[0] if widths else meta['num_classes'])
-  rest = mlp_matmul_params(math.prod(inputs[1:]), widths, meta['num_classes']) - first
+  first = math.prod(inputs[1:]) * (widths[0] if widths else meta.num_classes)
+  rest = mlp_matmul_params(math.prod(inputs[1:]), widths, meta.num_classes) - first
   return ({'input_layer': 4.0 * first * inputs[0], 'weights': 6.0 * rest * inputs[0]},
           f'(4 * N_in + 6 * N_rest) * examples, N_in = {first:,}, N_rest = {rest:,} matmul weights')
 
 
-def _lm_terms(model_cfg: ml_collections.ConfigDict, meta: dict, batch: dict) -> tuple[dict, str]:
+def _lm_terms(model_cfg: ml_collections.ConfigDict, meta: Meta, batch: dict) -> tuple[dict, str]:
   examples, context = batch['inputs'].shape[:2]
   d, layers = model_cfg.d_model, model_cfg.num_layers
-  n = _layer_params(model_cfg, meta['vocab_size'])
+  n = _layer_params(model_cfg, meta.vocab_size)
   tokens = examples * context
   return ({'weights': 6.0 * n * tokens, 'attention': 12.0 * layers * context * d * tokens},
           f'(6 * N + 12 * L * T * d) * tokens, N = {n:,} matmul weights, L = {layers}, '
@@ -134,7 +135,7 @@ def encoder_positions(model_cfg: ml_collections.ConfigDict, input_shape: tuple[i
   return inputs + (model_cfg.get('pooling', 'cls') == 'cls')
 
 
-def _encoder_terms(model_cfg: ml_collections.ConfigDict, meta: dict,
+def _encoder_terms(model_cfg: ml_collections.ConfigDict, meta: Meta,
                    batch: dict) -> tuple[dict, str]:
   inputs = batch['inputs'].shape
   examples = inputs[0]
@@ -151,14 +152,14 @@ def _encoder_terms(model_cfg: ml_collections.ConfigDict, meta: dict,
     terms['embedding'] = 4.0 * patch_dim * d * examples * patches
     formula += f'; + 4 * {patch_dim} * d per patch'
   if model_cfg.name == 'transformer_encoder_mlm':
-    vocab = meta['vocab_size']
+    vocab = meta.vocab_size
     predicted = (batch['mlm_positions'].shape[1] if 'mlm_positions' in batch
                  else positions - (model_cfg.get('pooling', 'cls') == 'cls'))
     terms['head'] = 6.0 * (d * d + d * vocab) * examples * predicted
     formula += f'; + 6 * (d * d + d * {vocab}) per predicted position ({predicted} per example)'
   else:
-    terms['head'] = 6.0 * d * meta['num_classes'] * examples
-    formula += f'; + 6 * d * {meta["num_classes"]} per example (head)'
+    terms['head'] = 6.0 * d * meta.num_classes * examples
+    formula += f'; + 6 * d * {meta.num_classes} per example (head)'
   return terms, formula
 
 
@@ -166,7 +167,7 @@ TERMS = {'mlp': _mlp_terms, 'transformer_lm': _lm_terms, 'transformer_encoder': 
          'transformer_encoder_mlm': _encoder_terms}
 
 
-def train_step_flop_terms(model_cfg: ml_collections.ConfigDict, meta: dict,
+def train_step_flop_terms(model_cfg: ml_collections.ConfigDict, meta: Meta,
                           batch: dict) -> tuple[dict[str, float], str] | None:
   """({term: model FLOPs of one train step on `batch`}, the formula used), or None for a model
   without a formula. Terms: weights, attention, embedding, head, input_layer (where present).
@@ -177,7 +178,7 @@ def train_step_flop_terms(model_cfg: ml_collections.ConfigDict, meta: dict,
   return terms(model_cfg, meta, batch) if terms else None
 
 
-def train_step_flops(model_cfg: ml_collections.ConfigDict, meta: dict,
+def train_step_flops(model_cfg: ml_collections.ConfigDict, meta: Meta,
                      batch: dict) -> tuple[float, str] | None:
   """(model FLOPs of one train step on `batch`, the formula used), or None for an unknown model."""
   counted = train_step_flop_terms(model_cfg, meta, batch)

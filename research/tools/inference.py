@@ -1,4 +1,4 @@
-r"""Predictions from an export folder (WORKDIR/export/, see research/export.py) in Python.
+r"""Predictions from an export folder (WORKDIR/export/, see research/tools/export.py) in Python.
 
   from research.tools import inference
   mlp = inference.load('/tmp/mnist_mlp/export')
@@ -8,12 +8,13 @@ r"""Predictions from an export folder (WORKDIR/export/, see research/export.py) 
   lm = inference.load('/tmp/lm_cpu/export')
   lm.generate('ROMEO:', num_tokens=200)     # the continuation
 
-  python -m research.inference /tmp/mnist_mlp/export --images=batch.npy
-  python -m research.inference /tmp/lm_cpu/export --prompt='ROMEO:' --num_tokens=200
+  python -m research.tools.inference /tmp/mnist_mlp/export --images=batch.npy
+  python -m research.tools.inference /tmp/lm_cpu/export --prompt='ROMEO:' --num_tokens=200
 
 The model is rebuilt from config.json and params.safetensors with this project's code (so the
 params file is what is checked here; the StableHLO programs beside it need only jax). Inputs are
-checked against the exported signature first: a wrong shape is a ConfigError naming it.
+checked against the exported signature first: a wrong shape is a ConfigError naming it. How raw
+inputs become the model's (pixel scaling, the tokenizer) is the dataset's spec (research/data).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import models
+from research import data, models
+from research.data.spec import Meta
 from research.errors import ConfigError
+from research.models.decode import check_sample_args, encode_prompt, make_sampler
 from research.tools.export import MANIFEST_FILE, load_params, portable_model_config
 
 
@@ -41,8 +44,10 @@ class Exported:
     with open(os.path.join(export_dir, 'config.json')) as f:
       self.config = ml_collections.ConfigDict(json.load(f))
     self.export_dir = export_dir
-    self.meta = self.manifest['model']['meta']
+    self.spec = data.get_spec(self.config.data.name)
+    self.meta = Meta.from_json(self.manifest['model']['meta'])
     self.labels = self.manifest['model']['labels']
+    self.tokenizer = self.spec.load_tokenizer(export_dir)
     self.model = models.get_model(portable_model_config(self.config), self.meta)
     self.params = jax.device_put(load_params(os.path.join(export_dir,
                                                           self.manifest['params']['file'])))
@@ -85,22 +90,17 @@ class Classifier(Exported):
   """predict(arrays) -> class ids; classify(texts) -> label names (runs with a tokenizer)."""
 
   def predict(self, inputs) -> np.ndarray:
-    x = np.asarray(inputs)
-    if x.dtype == np.uint8:  # Pixels, as stored: scaled as training did.
-      x = x.astype(np.float32) / 255.0
-    return self.logits(inputs=x).argmax(-1)
+    """Class ids of raw arrays (uint8 pixels are scaled as training did)."""
+    return self.logits(inputs=self.spec.prepare(inputs)).argmax(-1)
 
   def classify(self, texts: list[str]) -> list[str]:
-    from research.data.word_vocab import WordVocab
-
-    vocab_path = os.path.join(self.export_dir, 'vocab.json')
-    if not os.path.exists(vocab_path):
-      raise ConfigError('classify() needs a text model (an export with vocab.json); use '
-                        'predict() for arrays.')
+    if self.spec.inputs != 'text':
+      raise ConfigError(f'classify() needs a text model; this one takes {self.spec.inputs} '
+                        'inputs: use predict() for arrays.')
     if isinstance(texts, str):
       texts = [texts]
-    ids, mask, _ = WordVocab.load(vocab_path).encode_batch(texts, self.meta['max_len'])
-    return [self.labels[i] for i in self.logits(inputs=ids, input_mask=mask).argmax(-1)]
+    arrays = self.spec.encode_texts(self.tokenizer, texts, self.meta.max_len)
+    return [self.labels[i] for i in self.logits(**arrays).argmax(-1)]
 
   __call__ = predict
 
@@ -110,14 +110,9 @@ class LanguageModel(Exported):
 
   def __init__(self, export_dir: str):
     super().__init__(export_dir)
-    from research.data.shakespeare import CharVocab
-
-    self.vocab = CharVocab.load(os.path.join(export_dir, 'vocab.json'))
     self._samplers = {}  # One compiled sampler per (num_tokens, temperature, top_k).
 
   def _sampler(self, num_tokens: int, temperature: float, top_k: int):
-    from research.tools.sample import make_sampler
-
     key = (num_tokens, temperature, top_k)
     if key not in self._samplers:
       self._samplers[key] = make_sampler(self.model, num_tokens=num_tokens,
@@ -126,14 +121,12 @@ class LanguageModel(Exported):
 
   def generate(self, prompt: str, num_tokens: int = 200, temperature: float = 0.8,
                top_k: int = 0, seed: int = 0) -> str:
-    """The num_tokens characters after `prompt` (KV cache, sliding window past max_len)."""
-    from research.tools.sample import check_sample_args, encode_prompt
-
+    """The num_tokens tokens after `prompt`, decoded (KV cache, sliding window past max_len)."""
     check_sample_args(num_tokens, temperature, top_k)
-    prompt_1xP = encode_prompt(self.vocab, prompt)
+    prompt_1xP = encode_prompt(self.tokenizer, prompt)
     tokens = self._sampler(num_tokens, temperature, top_k)(self.params, prompt_1xP,
                                                            jax.random.key(seed))
-    return self.vocab.decode(np.asarray(tokens)[0])
+    return self.tokenizer.decode(np.asarray(tokens)[0])
 
   __call__ = generate
 

@@ -1,0 +1,137 @@
+"""What the code knows about a dataset, declared once: its `DatasetSpec` (in its own module).
+
+`Meta` is what a model (and the tools) may know about the data: the task and the sizes that shape
+the model. It is plain, frozen and JSON-able (an export's manifest carries it). A `DatasetSpec`
+says how to build the dataset for training, how to read its `Meta` back from a trained workdir
+without loading any data (export, sampling), which tokenizer it saves there, and what a caller
+must feed the trained model (the input signature and the preprocessing it implies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import ml_collections
+import numpy as np
+
+from research.data import tokenizers
+from research.data.tokenizers import Tokenizer
+
+if TYPE_CHECKING:  # Annotation only: pipeline.Dataset holds a Meta.
+  from research.data.pipeline import Dataset
+
+TASKS = ('classification', 'lm', 'mlm')
+Task = Literal['classification', 'lm', 'mlm']
+# What a caller feeds the model: 'image' (float32 pixels in [0, 1]; uint8 pixels are scaled),
+# 'array' (float32 as is), 'tokens' (ids, any length up to the model's max_len), 'text' (ids and
+# a 0/1 input_mask, up to meta.max_len).
+INPUTS = ('image', 'array', 'tokens', 'text')
+InputKind = Literal['image', 'array', 'tokens', 'text']
+Signature = dict[str, tuple[str, str]]  # Model input name -> (dims for symbolic_shape, dtype).
+
+
+@dataclasses.dataclass(frozen=True)
+class Meta:
+  """The facts about a dataset that shape its model; None where a task has no such fact."""
+
+  task: Task
+  num_classes: int | None = None  # Classification.
+  vocab_size: int | None = None  # Token inputs (and the LM / masked-LM outputs).
+  input_shape: tuple[int, ...] | None = None  # Array inputs: one example's shape.
+  block_size: int | None = None  # LM: the training window.
+  max_len: int | None = None  # Token classifiers and masked LMs: the longest sequence.
+
+  def __post_init__(self):
+    if self.task not in TASKS:
+      raise ValueError(f'Meta.task={self.task!r} is not one of {TASKS}.')
+    if self.input_shape is not None:  # A JSON list (a manifest) or an array's shape.
+      object.__setattr__(self, 'input_shape', tuple(int(d) for d in self.input_shape))
+
+  def to_json(self) -> dict:
+    """The facts that are set (an export's manifest['model']['meta'])."""
+    out = {}
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if value is not None:
+        out[field.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+  @classmethod
+  def from_json(cls, data: dict) -> Meta:
+    return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One dataset: build it, read its meta back, and what its trained model takes.
+
+  get_dataset(config, process_index, process_count, workdir): the training data (the workdir is
+  where the tokenizer is saved or reused). meta(config, tokenizer): its Meta from the config and
+  the tokenizer alone (no data read), the same function get_dataset uses. tokenizer: the kind saved
+  as WORKDIR/vocab.json (tokenizers.KINDS), or None.
+  """
+
+  name: str
+  get_dataset: Callable[[ml_collections.ConfigDict, int, int, str | None], Dataset]
+  meta: Callable[[ml_collections.ConfigDict, Tokenizer | None], Meta]
+  inputs: InputKind
+  preprocess: str  # For people: how raw data becomes the model's inputs (the manifest says it).
+  labels: tuple[str, ...] = ()  # Class names, in class-id order.
+  tokenizer: str | None = None
+
+  def __post_init__(self):
+    if self.inputs not in INPUTS:
+      raise ValueError(f'DatasetSpec.inputs={self.inputs!r} is not one of {INPUTS}.')
+    if self.tokenizer is not None and self.tokenizer not in tokenizers.KINDS:
+      raise ValueError(f'DatasetSpec.tokenizer={self.tokenizer!r} is not one of '
+                       f'{sorted(tokenizers.KINDS)}.')
+
+  @property
+  def assets(self) -> tuple[str, ...]:
+    """Workdir files a trained model needs beside its params (copied into an export)."""
+    return (tokenizers.FILE,) if self.tokenizer else ()
+
+  def load_tokenizer(self, directory: str) -> Tokenizer | None:
+    """The tokenizer saved in a workdir or export folder (ConfigError if it is missing)."""
+    if self.tokenizer is None:
+      return None
+    return tokenizers.load_tokenizer(os.path.join(directory, tokenizers.FILE), self.tokenizer)
+
+  def read_meta(self, config: ml_collections.ConfigDict, workdir: str) -> Meta:
+    """The Meta a trained run's model was built with, from its config and saved tokenizer."""
+    return self.meta(config, self.load_tokenizer(workdir))
+
+  def signature(self, meta: Meta,
+                max_len: int | None = None) -> tuple[Signature, tuple[str, ...]]:
+    """({model input name: (dims, dtype)}, constraints on the symbolic dims), dims written for
+    `jax.export.symbolic_shape` with `b` the batch and `l` a sequence length. `max_len`: the
+    model's position table, the longest sequence it takes ('tokens' inputs need it)."""
+    if self.inputs in ('image', 'array'):
+      return {'inputs': (f'b, {", ".join(map(str, meta.input_shape))}', 'float32')}, ()
+    if self.inputs == 'tokens':
+      if max_len is None:
+        raise ValueError(f'{self.name}: token inputs need the model\'s max_len.')
+      return {'inputs': ('b, l', 'int32')}, (f'l <= {max_len}',)
+    return ({'inputs': ('b, l', 'int32'), 'input_mask': ('b, l', 'int32')},
+            (f'l <= {meta.max_len}',))
+
+  def encode_texts(self, tokenizer: Tokenizer, texts: list[str],
+                   max_len: int) -> dict[str, np.ndarray]:
+    """'text' inputs: each text's ids right-padded with 0 ([PAD]) to max_len, longer texts cut
+    there, and the 0/1 input_mask of the ids kept."""
+    ids = np.zeros((len(texts), max_len), np.int32)
+    mask = np.zeros((len(texts), max_len), np.int32)
+    for i, text in enumerate(texts):
+      row = tokenizer.encode(text)[:max_len]
+      ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return {'inputs': ids, 'input_mask': mask}
+
+  def prepare(self, inputs: np.ndarray) -> np.ndarray:
+    """Raw arrays as training fed them: uint8 pixels scaled to [0, 1] (as stored on disk)."""
+    inputs = np.asarray(inputs)
+    if self.inputs == 'image' and inputs.dtype == np.uint8:
+      return inputs.astype(np.float32) / 255.0
+    return inputs
