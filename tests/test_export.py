@@ -21,6 +21,7 @@ import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
 import experiments.sst2_encoder as sst2_encoder
 from research import build, data, models
+from research.data.spec import Meta
 from research.errors import ConfigError, RunError
 from research.models.decode import generate
 from research.tools import export, inference
@@ -176,6 +177,18 @@ def test_params_file_holds_the_checkpoint_bit_for_bit(runs, kind):
   assert set(os.listdir(run.export_dir)) == expected_files
   if kind != 'mlp':
     assert 'vocab.json' in expected_files
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_the_manifest_holds_the_meta_and_tokenizer_training_used(runs, kind):
+  """Export reads the meta back from the workdir through the dataset's spec (no data loaded):
+  it is the meta the training run built its model with."""
+  run = runs(kind)
+  assert Meta.from_json(run.manifest['model']['meta']) == run.dataset.meta
+  spec = data.get_spec(run.config.data.name)
+  assert run.manifest['model']['preprocess'] == spec.preprocess
+  if run.dataset.tokenizer is not None:
+    assert spec.load_tokenizer(run.export_dir) == run.dataset.tokenizer
 
 
 def test_params_round_trip_is_exact(tmp_path):

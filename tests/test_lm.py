@@ -192,6 +192,15 @@ def test_sampling_from_checkpoint_in_fresh_process(trained):
   assert set(text) <= chars
 
 
+def test_a_bad_sample_prompt_fails_before_training_writes_anything(data_dir, tmp_path):
+  result = run_launch([f'--config={CONFIG}', f'--workdir={tmp_path}',
+                       f'--config.data.data_dir={data_dir}', '--config.sample.prompt=ROMEO<3'])
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "error: The prompt has 1 character(s) outside the 65-symbol vocabulary: ['<']" in \
+      result.stderr
+  assert not (tmp_path / 'config.json').exists() and not (tmp_path / 'checkpoints').exists()
+
+
 def test_sampling_bad_input_fails_clearly(trained, tmp_path):
   workdir, _ = trained
   result = run_launch([f'--config={CONFIG}', f'--workdir={workdir}', '--mode=sample',
