@@ -23,7 +23,8 @@ INPUT_SHAPE = (40, 1)  # Time x channels (the builder's LENGTH x 1).
 
 
 def load_split(data: ml_collections.ConfigDict, split: str) -> pipeline.Batch:
-  from research.data.builders import mnist1d as _  # noqa: F401 - registers the TFDS builder.
+  # Registers the TFDS builder; here, not at the top: it imports TensorFlow (via TFDS).
+  from research.data.builders import mnist1d as _  # noqa: F401
 
   arrays = tfds_build.load_arrays(NAME, split, data.data_dir, data.manual_dir, SOURCE_FILES)
   return {'inputs': arrays['signal'].astype(np.float32)[..., None],

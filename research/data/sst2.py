@@ -44,7 +44,8 @@ OBJECTIVES = ['classification', 'mlm']
 
 def load_split(data: ml_collections.ConfigDict, split: str) -> tuple[list[str], np.ndarray]:
   """(sentences, labels) in file order."""
-  from research.data.builders import sst2 as _  # noqa: F401 - registers the TFDS builder.
+  # Registers the TFDS builder; here, not at the top: it imports TensorFlow (via TFDS).
+  from research.data.builders import sst2 as _  # noqa: F401
 
   arrays = tfds_build.load_arrays(NAME, split, data.data_dir, data.manual_dir, SOURCE_FILES)
   order = np.argsort(arrays['idx'])
