@@ -1,7 +1,9 @@
-"""The config contract every experiment file starts from (see README, "Config keys").
+"""The config contract every experiment file starts from (docs/configs.md, "Config keys").
 
-Experiment files call `base_config()` and change what they need; every key exists here, so a
-mistyped override fails with a suggestion instead of being silently added.
+Experiment files call `base_config()` and change what they need; every key exists here, with its
+one default, so a mistyped override fails with a suggestion instead of being silently added. The
+models read `config.model.KEY` without a default of their own; the checks of those values are in
+research/config_checks.py (`check_model`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
   c.init_from = ''  # A run's workdir or checkpoint: start from its params (research/transfer.py).
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'mlp'
-  c.model.dtype = 'float32'  # Compute dtype; params stay in param_dtype.
-  c.model.param_dtype = 'float32'
+  c.model = model_config()
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'mnist'
@@ -74,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_mode = 'max'  # max | min
   c.checkpoint.async_save = True
 
-  c.benchmark = ml_collections.ConfigDict()  # --mode=benchmark (research/benchmark.py).
+  c.benchmark = ml_collections.ConfigDict()  # --mode=benchmark (research/tools/benchmark.py).
   c.benchmark.warmup_steps = 3  # Untimed steps after compiling (caches, allocator, autotuning).
   c.benchmark.timed_steps = 20
   c.benchmark.peak_flops = 0.0  # Per-device peak FLOP/s for MFU; 0 = the device table (GPU/TPU)
@@ -82,3 +81,66 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark.loop_log_intervals = 4  # Full-loop timing: log intervals after the first; 0 = skip.
   c.benchmark.profile_steps = 0  # > 0: trace this many steps, print time by op kind.
   return c
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """`config.model`: every model's keys with their defaults (docs/models.md has the options).
+
+  A key a model does not use is ignored by it (an MLP run carries the Transformer keys unchanged).
+  """
+  m = ml_collections.ConfigDict()
+  # mlp | transformer_lm | transformer_encoder | transformer_encoder_mlm (research/models/).
+  m.name = 'mlp'
+  m.dtype = 'float32'  # Compute dtype; float32 is exact everywhere, bfloat16 is the fast option.
+  m.param_dtype = 'float32'  # Params (and optimizer state) stay f32 under bf16 compute.
+  # Dropout on MLP hidden layers, Transformer embeddings, residual branches and the pooled
+  # encoder output; off by default, each experiment sets its own rate.
+  m.dropout_rate = 0.0
+
+  # MLP (model.name = 'mlp').
+  m.widths = (1024, 1024)  # Hidden layer sizes; two of 1024 is the MNIST recipe's.
+  m.activation = 'relu'  # relu | gelu | silu | tanh; ReLU, the plain MLP baseline.
+
+  # Transformer (LM and encoders). Shape: nanoGPT's CPU recipe, small enough to train on a CPU.
+  m.num_layers = 4
+  m.d_model = 128
+  m.num_heads = 4  # Must divide d_model.
+  m.num_kv_heads = 0  # 0 = num_heads (multi-head); fewer = grouped-query, must divide num_heads.
+  m.d_ff = 0  # MLP hidden width; 0 = 4 * d_model, GPT-2's ratio.
+  # Position table (and KV cache) size; 0 = the data's length: data.block_size for the LM, the
+  # tokens or patches (+ 1 for [CLS]) for an encoder.
+  m.max_len = 0
+  # Dropout on attention probabilities; 0 keeps the fused attention path (dropout > 0 takes the
+  # explicit softmax, which jax.nn.dot_product_attention lacks).
+  m.attention_dropout_rate = 0.0
+  m.norm = 'layernorm'  # layernorm | rmsnorm; LayerNorm, as GPT-2 and BERT.
+  m.mlp = 'gelu'  # gelu | swiglu; exact GELU, as GPT-2 and BERT.
+  m.positions = 'learned'  # learned | rotary; a learned table, as GPT-2, BERT and ViT.
+  m.rotary_base = 10000.0  # RoPE's theta (positions='rotary' only); RoFormer's value.
+  m.use_bias = False  # Biases in Dense and LayerNorm; off, as nanoGPT's (faster, no worse).
+  # Std of the normal init of embeddings and kernels, GPT-2's; residual projections get
+  # init_std / sqrt(2 * num_layers).
+  m.init_std = 0.02
+  # xla | cudnn: jax.nn.dot_product_attention's implementation. XLA runs on every backend; cuDNN
+  # is the fused GPU kernel (NVIDIA GPU, bfloat16/float16, no attention dropout).
+  m.attention_impl = 'xla'
+  # Per-layer rematerialization: none | full | dots (save matmul outputs only). none is the
+  # fastest while activations fit in memory.
+  m.remat = 'none'
+  # nn.scan over layers: one compiled layer body, so deep models compile faster; off because
+  # unrolled layers ran faster on a CPU (docs/performance.md#speed-switches-compared).
+  m.scan_layers = False
+  m.tie_embeddings = True  # LM head = the token embedding transposed, as GPT-2 (fewer params).
+  m.pooling = 'cls'  # Encoder classifier: cls | mean; a [CLS] token, as BERT and ViT.
+  # Encoder on images or signals: patch side length, must divide every spatial size; 0 = token
+  # inputs (a dataset with a vocabulary).
+  m.patch_size = 0
+  return m
+
+
+def complete_model_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`cfg` with the keys it lacks taken from `model_config()`: a test's partial section, or a
+  config.json written before a key existed (the model then used the default it has today)."""
+  merged = model_config().to_dict()
+  merged.update(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg))
+  return ml_collections.ConfigDict(merged)

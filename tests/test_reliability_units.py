@@ -241,6 +241,20 @@ def test_harmless_and_risky_changes_are_allowed_and_recorded(tmp_path, caplog):
   assert json.load(open(os.path.join(workdir, 'config.2.json')))['num_train_steps'] == 600
 
 
+def test_a_run_recorded_before_a_model_key_existed_resumes_with_its_default(tmp_path):
+  workdir = workdir_with_checkpoint(tmp_path, smoke_config())
+  path = os.path.join(workdir, 'config.json')
+  recorded = json.load(open(path))
+  for key in ('num_layers', 'rotary_base', 'tie_embeddings', 'patch_size'):
+    del recorded['model'][key]  # Keys an MLP's config.json lacked before base_config had them.
+  json.dump(recorded, open(path, 'w'))
+  assert resume_check.check_resume(workdir, smoke_config()) == {}
+  changed = smoke_config()
+  changed.model.rotary_base = 500.0  # Not what the recorded run used (the default).
+  with pytest.raises(ConfigError, match='model.rotary_base: 10000.0 -> 500.0'):
+    resume_check.check_resume(workdir, changed)
+
+
 def finished_workdir(tmp_path, recorded_decay_steps):
   """A workdir whose smoke run (300 steps, warmup 200, cosine to 0) finished at step 300."""
   workdir = workdir_with_checkpoint(tmp_path, smoke_config())

@@ -15,9 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from research.config_checks import suggest
-from research.errors import ConfigError
-from research.models.attention import IMPLEMENTATIONS, Attention
+from research.models.attention import Attention
 from research.models.dropout import Dropout
 
 NORMS = ('layernorm', 'rmsnorm')
@@ -33,7 +31,8 @@ REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Static model hyperparameters (hashable, so modules can hold it)."""
+  """Static model hyperparameters (hashable, so modules can hold it); meanings and defaults in
+  research/config.py (`model_config`), built by `transformer_config`."""
 
   num_layers: int
   d_model: int
@@ -41,89 +40,37 @@ class TransformerConfig:
   num_kv_heads: int
   d_ff: int
   max_len: int  # Position table size and KV cache length.
-  dropout_rate: float = 0.0  # Embeddings and residual branches.
-  attention_dropout_rate: float = 0.0  # Attention probabilities (explicit softmax path).
-  norm: str = 'layernorm'
-  mlp: str = 'gelu'
-  positions: str = 'learned'
-  rotary_base: float = 10000.0
-  use_bias: bool = False
-  init_std: float = 0.02
-  attention_impl: str = 'xla'
-  remat: str = 'none'
-  scan_layers: bool = False
-  decode: bool = False
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
+  dropout_rate: float  # Embeddings and residual branches.
+  attention_dropout_rate: float  # Attention probabilities (explicit softmax path).
+  norm: str
+  mlp: str
+  positions: str
+  rotary_base: float
+  use_bias: bool
+  init_std: float
+  attention_impl: str
+  remat: str
+  scan_layers: bool
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+  decode: bool = False  # Not a config key: lm.decoder() switches it on for cached generation.
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
 
 
-def _choice(cfg: ml_collections.ConfigDict, key: str, default: str, choices) -> str:
-  value = cfg.get(key, default)
-  if value not in choices:
-    raise ConfigError(f'config.model.{key}={value!r} is not one of {list(choices)}.'
-                      f'{suggest(str(value), list(choices))}')
-  return value
-
-
-def _dtype(cfg: ml_collections.ConfigDict, key: str) -> jnp.dtype:
-  try:
-    return jnp.dtype(cfg.get(key, 'float32'))
-  except TypeError as e:
-    raise ConfigError(f'config.model.{key}={cfg.get(key)!r} is not a dtype '
-                      '(e.g. float32, bfloat16).') from e
-
-
 def transformer_config(cfg: ml_collections.ConfigDict, max_len: int) -> TransformerConfig:
-  """Validates `config.model` (raising ConfigError before any compute) and freezes it."""
-  for key in ('num_layers', 'd_model', 'num_heads'):
-    if not isinstance(cfg.get(key), int) or cfg.get(key) <= 0:
-      raise ConfigError(f'config.model.{key} must be a positive integer, got {cfg.get(key)!r}.')
-  kv_heads = cfg.get('num_kv_heads', 0) or cfg.num_heads  # 0 = one KV head per query head.
-  if cfg.d_model % cfg.num_heads:
-    raise ConfigError(f'config.model.d_model={cfg.d_model} is not divisible by '
-                      f'config.model.num_heads={cfg.num_heads}.')
-  if kv_heads <= 0 or cfg.num_heads % kv_heads:
-    raise ConfigError(f'config.model.num_heads={cfg.num_heads} is not divisible by '
-                      f'config.model.num_kv_heads={kv_heads} (grouped-query attention shares '
-                      'each KV head among num_heads / num_kv_heads query heads).')
-  for key in ('dropout_rate', 'attention_dropout_rate'):
-    if not 0.0 <= cfg.get(key, 0.0) < 1.0:
-      raise ConfigError(f'config.model.{key} must be in [0, 1), got {cfg.get(key)!r}.')
-  out = TransformerConfig(
+  """Freezes a checked `config.model` (config_checks.check_model, run by models.get_model)."""
+  return TransformerConfig(
       num_layers=cfg.num_layers, d_model=cfg.d_model, num_heads=cfg.num_heads,
-      num_kv_heads=kv_heads, d_ff=cfg.get('d_ff', 0) or 4 * cfg.d_model, max_len=max_len,
-      dropout_rate=cfg.get('dropout_rate', 0.0),
-      attention_dropout_rate=cfg.get('attention_dropout_rate', 0.0),
-      norm=_choice(cfg, 'norm', 'layernorm', NORMS), mlp=_choice(cfg, 'mlp', 'gelu', MLPS),
-      positions=_choice(cfg, 'positions', 'learned', POSITIONS),
-      rotary_base=cfg.get('rotary_base', 10000.0), use_bias=cfg.get('use_bias', False),
-      init_std=cfg.get('init_std', 0.02),
-      attention_impl=_choice(cfg, 'attention_impl', 'xla', IMPLEMENTATIONS),
-      remat=_choice(cfg, 'remat', 'none', REMAT_POLICIES),
-      scan_layers=bool(cfg.get('scan_layers', False)),
-      dtype=_dtype(cfg, 'dtype'), param_dtype=_dtype(cfg, 'param_dtype'))
-  if out.positions == 'rotary' and out.head_dim % 2:
-    raise ConfigError(f'Rotary positions need an even head dim; d_model / num_heads = '
-                      f'{out.head_dim}.')
-  if out.attention_impl == 'cudnn':
-    _check_cudnn(out)
-  return out
-
-
-def _check_cudnn(cfg: TransformerConfig) -> None:
-  if jax.default_backend() != 'gpu':
-    raise ConfigError(f"config.model.attention_impl='cudnn' needs an NVIDIA GPU; this run is on "
-                      f"{jax.default_backend()}. Use attention_impl='xla'.")
-  if cfg.dtype not in (jnp.bfloat16, jnp.float16):
-    raise ConfigError(f"config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or "
-                      f"float16 (cuDNN flash attention has no {cfg.dtype} kernel).")
-  if cfg.attention_dropout_rate:
-    raise ConfigError("config.model.attention_impl='cudnn' runs without attention-probability "
-                      'dropout; set config.model.attention_dropout_rate=0.')
+      num_kv_heads=cfg.num_kv_heads or cfg.num_heads,  # 0 = one KV head per query head.
+      d_ff=cfg.d_ff or 4 * cfg.d_model, max_len=max_len, dropout_rate=cfg.dropout_rate,
+      attention_dropout_rate=cfg.attention_dropout_rate, norm=cfg.norm, mlp=cfg.mlp,
+      positions=cfg.positions, rotary_base=cfg.rotary_base, use_bias=cfg.use_bias,
+      init_std=cfg.init_std, attention_impl=cfg.attention_impl, remat=cfg.remat,
+      scan_layers=bool(cfg.scan_layers), dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype))
 
 
 def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:

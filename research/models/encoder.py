@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from research.config_checks import suggest
 from research.data.spec import Meta
 from research.errors import ConfigError
 from research.models import blocks
@@ -61,9 +60,9 @@ def patchify(x_BxSxC: jax.Array, patch_size: int) -> jax.Array:
 class TransformerEncoder(nn.Module):
   cfg: blocks.TransformerConfig
   num_outputs: int  # Classes (classifier) or vocabulary size (mlm).
+  pooling: str  # config.model.pooling.
   vocab_size: int = 0  # > 0: token-id inputs; 0: patch inputs.
   patch_size: int = 0
-  pooling: str = 'cls'
   head: str = 'classifier'
 
   def _dense(self, features: int, axes: tuple, name: str) -> nn.Dense:
@@ -159,20 +158,18 @@ def sequence_length(cfg: ml_collections.ConfigDict, meta: Meta) -> tuple[int, in
   if meta.vocab_size:
     length, patch_size = meta.max_len, 0
   else:
-    patch_size = cfg.get('patch_size', 0)
-    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
+    patch_size = cfg.patch_size  # Its type and sign: config_checks.check_model.
+    if patch_size <= 0:
       raise ConfigError('config.model.patch_size must be a positive integer for '
                         f'{meta.input_shape} inputs, got {patch_size!r}.')
     length = math.prod(patch_grid(meta.input_shape, patch_size))
-  return length + (cfg.get('pooling', 'cls') == 'cls'), patch_size
+  return length + (cfg.pooling == 'cls'), patch_size
 
 
 def from_config(cfg: ml_collections.ConfigDict, meta: Meta, head: str) -> TransformerEncoder:
-  """Builds the encoder from `config.model` and the dataset's meta; ConfigError before compute."""
-  pooling = cfg.get('pooling', 'cls')
-  if pooling not in POOLINGS:
-    raise ConfigError(f'config.model.pooling={pooling!r} is not one of {list(POOLINGS)}.'
-                      f'{suggest(str(pooling), list(POOLINGS))}')
+  """Builds the encoder from a checked `config.model` (models.get_model) and the dataset's meta;
+  a ConfigError before compute where the two do not fit."""
+  pooling = cfg.pooling
   task = meta.task
   want = 'mlm' if head == 'mlm' else 'classification'
   if task != want:
@@ -181,9 +178,7 @@ def from_config(cfg: ml_collections.ConfigDict, meta: Meta, head: str) -> Transf
   if head == 'mlm' and not meta.vocab_size:
     raise ConfigError('The masked-LM head needs token inputs (a dataset with a vocabulary).')
   length, patch_size = sequence_length(cfg, meta)
-  max_len = cfg.get('max_len', 0) or length
-  if not isinstance(max_len, int) or max_len <= 0:
-    raise ConfigError(f'config.model.max_len must be a positive integer, got {max_len!r}.')
+  max_len = cfg.max_len or length
   if length > max_len:
     what = 'data.max_len' if meta.vocab_size else 'the number of patches'
     raise ConfigError(f'Sequences of {length} positions ({what}'

@@ -23,7 +23,7 @@ from research.models.dropout import Dropout
 class TransformerLM(nn.Module):
   cfg: blocks.TransformerConfig
   vocab_size: int
-  tie_embeddings: bool = True
+  tie_embeddings: bool  # config.model.tie_embeddings.
 
   @nn.compact
   def __call__(self, inputs: jax.Array, *, train: bool = False,
@@ -86,12 +86,10 @@ def init_cache(model: TransformerLM, batch_size: int) -> dict:
 
 def from_config(cfg: ml_collections.ConfigDict, meta: Meta) -> TransformerLM:
   """Builds the LM from `config.model` and the dataset's meta (vocab_size, block_size)."""
-  max_len = cfg.get('max_len', 0) or meta.block_size
-  if not isinstance(max_len, int) or max_len <= 0:
-    raise ConfigError(f'config.model.max_len must be a positive integer, got {max_len!r}.')
+  max_len = cfg.max_len or meta.block_size  # cfg checked by models.get_model.
   if meta.block_size > max_len:
     raise ConfigError(f'config.data.block_size={meta.block_size} is larger than '
                       f'config.model.max_len={max_len} (the position table and KV cache size). '
                       'Raise config.model.max_len or lower the block size.')
   return TransformerLM(blocks.transformer_config(cfg, max_len), vocab_size=meta.vocab_size,
-                       tie_embeddings=cfg.get('tie_embeddings', True))
+                       tie_embeddings=cfg.tie_embeddings)

@@ -19,12 +19,13 @@ class MLP(nn.Module):
   so under tensor parallelism each pair needs one all-reduce and `fsdp` shards the other dim.
   """
 
+  # Meanings and defaults: research/config.py (model_config); built by models.get_model.
   widths: Sequence[int]
   num_classes: int
-  activation: str = 'relu'
-  dropout_rate: float = 0.0
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
+  activation: str
+  dropout_rate: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray, *, train: bool = False,

@@ -28,6 +28,7 @@ import ml_collections
 from absl import logging
 
 from research import optimizers
+from research.config import model_config
 from research.errors import ConfigError
 
 REFUSED = ('model.', 'data.name', 'optimizer.name')
@@ -80,6 +81,9 @@ def recorded_config(workdir: str) -> dict | None:
   except (OSError, ValueError) as e:
     logging.warning('Cannot read %s (%s); resuming without comparing configs.', path, e)
     return None
+  if isinstance(old.get('model'), dict):
+    # Recorded before some model keys existed: that model used the defaults they have now.
+    old['model'] = dict(json.loads(model_config().to_json_best_effort()), **old['model'])
   opt = old.get('optimizer')
   if isinstance(opt, dict) and not opt.get('decay_steps'):
     # Recorded before decay_steps existed (or unresolved): its schedule ended at its
