@@ -3,18 +3,16 @@ r"""Character-level GPT on Tiny Shakespeare (nanoGPT's shakespeare_char recipes)
   python launch.py --config=experiments/shakespeare_char.py --workdir=/tmp/lm_cpu \
       --config.data.data_dir=/tmp/tfds
 
-Expected (:cpu, the default; measured on a 2-core CPU shared with other jobs, see README):
-validation loss 1.771 nats/char (2.555 bits/char) after 2000 steps, in 2 min 52 s (nanoGPT
-reports 1.88 for this recipe at lr 1e-3; see the learning-rate note below). Then sample from it
-(500 characters in ~0.1 s after a ~2.5 s compile):
+then sample from it:
 
   python launch.py --config=experiments/shakespeare_char.py --workdir=/tmp/lm_cpu \
       --mode=sample --prompt=$'ROMEO:' --num_tokens=500
 
-Presets (FILE:PRESET):
+Results (against nanoGPT's figures) and sampling speed: docs/lm.md#results and
+docs/lm.md#sampling---modesample. Presets (FILE:PRESET):
   :cpu   nanoGPT's CPU recipe: 4 layers, 4 heads, d_model 128, block 64, batch 12, 2000 steps.
   :gpu   nanoGPT's "baby GPT": 6 layers, 6 heads, 384, block 256, batch 64, dropout 0.2, 5000
-         steps, bf16 compute (nanoGPT reports validation loss 1.47 on one A100).
+         steps, bf16 compute (docs/lm.md#gpu-nanogpts-baby-gpt).
   :tiny  a few seconds of training, for tests.
 """
 
@@ -37,21 +35,11 @@ def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
   c.model.name = 'transformer_lm'
   c.model.num_layers = 4
   c.model.num_heads = 4
-  c.model.num_kv_heads = 0  # 0 = num_heads (plain multi-head); fewer = grouped-query.
   c.model.d_model = 128
-  c.model.d_ff = 0  # 0 = 4 * d_model.
   c.model.max_len = 64  # Position table and KV cache size; >= data.block_size.
   c.model.dropout_rate = 0.0
-  c.model.attention_dropout_rate = 0.0  # > 0 leaves the fused attention path (see attention.py).
-  c.model.norm = 'layernorm'  # layernorm | rmsnorm
-  c.model.mlp = 'gelu'  # gelu | swiglu
-  c.model.positions = 'learned'  # learned | rotary
-  c.model.use_bias = False  # nanoGPT's default (bias=False) for Linear and LayerNorm.
-  c.model.tie_embeddings = True
-  c.model.init_std = 0.02
-  c.model.attention_impl = 'xla'  # xla | cudnn (GPU, bf16/fp16 only)
-  c.model.remat = 'none'  # none | full | dots
-  c.model.scan_layers = False
+  # The rest is base_config's, which is nanoGPT's: multi-head attention, d_ff = 4 * d_model,
+  # LayerNorm, exact GELU, learned positions, no biases, tied embeddings, init std 0.02.
 
   c.data.name = 'tiny_shakespeare'
   c.data.manual_dir = default_manual_dir('tiny_shakespeare') or ''
@@ -60,9 +48,8 @@ def get_config(preset: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.block_size = 64
 
   c.optimizer.name = 'adamw'
-  # nanoGPT uses 1e-3 here; on this 0.8M-parameter model that gives 1.885 +- 0.006 (3 seeds), just
-  # short of its 1.88. 2e-3, still decayed to a tenth (nanoGPT's min_lr = lr / 10 rule), gives
-  # 1.774 +- 0.008. The :gpu preset keeps 1e-3, as nanoGPT.
+  # nanoGPT uses 1e-3 here; 2e-3, still decayed to a tenth (nanoGPT's min_lr = lr / 10 rule),
+  # ends lower over 3 seeds (docs/lm.md#recipe-cpu). The :gpu preset keeps 1e-3, as nanoGPT.
   c.optimizer.learning_rate = 2e-3
   c.optimizer.schedule = 'warmup_cosine'
   c.optimizer.warmup_steps = 100
@@ -125,6 +112,9 @@ def get_sweep():
 
   python launch.py --config=experiments/shakespeare_char.py:cpu --workdir=/tmp/abl_lm --sweep \
       --config.num_train_steps=600 --config.eval_every_steps=100 --config.sample.num_tokens=0
+  python launch.py --mode=report --workdir=/tmp/abl_lm
+
+  Result: docs/ablations.md#b-tiny-shakespeare-lm-depth--learning-rate--2-seeds.
   """
   return Sweep(product(sweep('model.num_layers', [1, 2, 4]),
                        sweep('optimizer.learning_rate', [3e-4, 1e-3, 3e-3]),

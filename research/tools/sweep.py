@@ -211,7 +211,7 @@ def load(config_arg: str) -> Sweep:
   get_sweep = getattr(module, 'get_sweep', None)
   if get_sweep is None:
     raise ConfigError(f'{path} has no get_sweep(); add one returning the sweep points '
-                      '(see research/sweep.py).')
+                      '(see research/tools/sweep.py).')
   takes_preset = bool(inspect.signature(get_sweep).parameters)
   return normalize(get_sweep(preset or 'default') if takes_preset else get_sweep())
 
