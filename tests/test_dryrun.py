@@ -11,8 +11,7 @@ from conftest import run_launch
 
 from experiments import shakespeare_char as lm_config
 from research import config as configs
-from research.data.pipeline import Dataset
-from research.data.spec import Meta
+from research.data.spec import Dataset, Meta
 from research.errors import ConfigError
 from research.tools import dryrun
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO
 
 import experiments.sst2_encoder as sst2_encoder
-from research import models, transfer
+from research import models, optimizers, transfer
 from research.checkpointing import complete_steps
 from research.data.spec import Meta
 from research.errors import ConfigError
@@ -135,15 +135,15 @@ def test_freeze_and_encoder_lr_multiplier():
             'head': {'kernel': jnp.ones((2, 2))}}
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5), params)
   opt = ml_collections.ConfigDict({'freeze': ('token_embed',), 'encoder_lr_multiplier': 0.1})
-  tx = transfer.partition_optimizer(optax.adam(1e-2), opt)
+  tx = optimizers.partition_optimizer(optax.adam(1e-2), opt)
   updates, _ = tx.update(grads, tx.init(params), params)
   plain, _ = optax.adam(1e-2).update(grads, optax.adam(1e-2).init(params), params)
   np.testing.assert_array_equal(updates['token_embed']['embedding'], 0.0)
   np.testing.assert_allclose(updates['stack']['w'], 0.1 * plain['stack']['w'], rtol=1e-6)
   np.testing.assert_allclose(updates['head']['kernel'], plain['head']['kernel'], rtol=1e-6)
   with pytest.raises(ConfigError, match=r"\['stak'\] match no parameter"):
-    transfer.partition_optimizer(optax.adam(1e-2), ml_collections.ConfigDict(
+    optimizers.partition_optimizer(optax.adam(1e-2), ml_collections.ConfigDict(
         {'freeze': ('stak',), 'encoder_lr_multiplier': 1.0})).init(params)
   with pytest.raises(ConfigError, match='encoder_lr_multiplier must be > 0'):
-    transfer.partition_optimizer(optax.adam(1e-2), ml_collections.ConfigDict(
+    optimizers.partition_optimizer(optax.adam(1e-2), ml_collections.ConfigDict(
         {'freeze': (), 'encoder_lr_multiplier': 0.0}))

@@ -11,8 +11,7 @@ import ml_collections
 
 from research.config_checks import suggest
 from research.data import mnist, mnist1d, shakespeare, sst2
-from research.data.pipeline import Dataset
-from research.data.spec import DatasetSpec, Meta
+from research.data.spec import Dataset, DatasetSpec, Meta
 from research.errors import ConfigError
 
 __all__ = ['DATASETS', 'Dataset', 'DatasetSpec', 'Meta', 'get_dataset', 'get_spec']

@@ -7,7 +7,7 @@ import functools
 import ml_collections
 import numpy as np
 
-from research.data import pipeline, tfds_build
+from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import Tokenizer
 
@@ -30,7 +30,7 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) 
 
 
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
-                workdir: str | None = None) -> pipeline.Dataset:
+                workdir: str | None = None) -> spec.Dataset:
   train = load_split(config.data, config.data.train_split)
   test = load_split(config.data, config.data.eval_split)
   train_batch = functools.partial(pipeline.shuffled_train_batch, train, seed=config.seed,
@@ -42,7 +42,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
         test, batch_size=config.eval_batch_size, process_index=process_index,
         process_count=process_count))
 
-  return pipeline.Dataset(
+  return spec.Dataset(
       train_batch=lambda step: _to_float(train_batch(step)),
       eval_batches=eval_batches,
       num_eval_examples=len(test['targets']),

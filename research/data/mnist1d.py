@@ -13,7 +13,7 @@ import functools
 import ml_collections
 import numpy as np
 
-from research.data import pipeline, tfds_build
+from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import Tokenizer
 
@@ -36,10 +36,10 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None = None) 
 
 
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
-                workdir: str | None = None) -> pipeline.Dataset:
+                workdir: str | None = None) -> spec.Dataset:
   train = load_split(config.data, config.data.train_split)
   test = load_split(config.data, config.data.eval_split)
-  return pipeline.Dataset(
+  return spec.Dataset(
       train_batch=functools.partial(pipeline.shuffled_train_batch, train, seed=config.seed,
                                     batch_size=config.batch_size, process_index=process_index,
                                     process_count=process_count),

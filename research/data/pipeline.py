@@ -7,7 +7,6 @@ any number of processes. Each process gathers only its rows of the global batch.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import queue
 import threading
@@ -16,29 +15,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from research.data.spec import Meta
-from research.data.tokenizers import Tokenizer
-
 Batch = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """What the train loop needs from any dataset."""
-
-  train_batch: Callable[[int], Batch]  # step -> this process's rows of the global train batch
-  eval_batches: Callable[[], Iterator[Batch]]  # the whole eval split, padded, with a 0/1 'mask'
-  num_eval_examples: int
-  meta: Meta  # What shapes the model: task, num_classes, vocab_size, input shape, ...
-  # step -> this process's rows of a train batch of the largest shape any step can have (e.g. the
-  # widest length bucket), for sizing memory and timing at one stated shape; None when every
-  # step's batch has the same shape.
-  widest_train_batch: Callable[[int], Batch] | None = None
-  tokenizer: Tokenizer | None = None  # Text datasets: the one saved as WORKDIR/vocab.json.
-
-  def largest_train_batch(self, step: int = 0) -> Batch:
-    """A train batch of the largest shape training can see (what memory must be sized for)."""
-    return (self.widest_train_batch or self.train_batch)(step)
 
 
 def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from research.config_checks import check_positive
-from research.data import pipeline, tfds_build
+from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
 from research.data.tokenizers import CharVocab, Tokenizer
@@ -71,7 +71,7 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta
 
 
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
-                workdir: str | None = None) -> pipeline.Dataset:
+                workdir: str | None = None) -> spec.Dataset:
   check_positive(config, 'data.block_size')
   block_size = config.data.block_size
   train_text = load_text(config.data, config.data.train_split)
@@ -86,7 +86,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
   train_batch = functools.partial(train_windows, train_ids, seed=config.seed,
                                   batch_size=config.batch_size, block_size=block_size,
                                   process_index=process_index, process_count=process_count)
-  return pipeline.Dataset(
+  return spec.Dataset(
       train_batch=train_batch,
       eval_batches=lambda: pipeline.padded_eval_batches(
           windows, batch_size=config.eval_batch_size, process_index=process_index,

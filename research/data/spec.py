@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 import ml_collections
 import numpy as np
@@ -20,9 +20,7 @@ import numpy as np
 from research.data import tokenizers
 from research.data.tokenizers import Tokenizer
 
-if TYPE_CHECKING:  # Annotation only: pipeline.Dataset holds a Meta.
-  from research.data.pipeline import Dataset
-
+Batch = dict[str, np.ndarray]
 TASKS = ('classification', 'lm', 'mlm')
 Task = Literal['classification', 'lm', 'mlm']
 # What a caller feeds the model: 'image' (float32 pixels in [0, 1]; uint8 pixels are scaled),
@@ -62,6 +60,25 @@ class Meta:
   @classmethod
   def from_json(cls, data: dict) -> Meta:
     return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What the train loop needs from any dataset."""
+
+  train_batch: Callable[[int], Batch]  # step -> this process's rows of the global train batch
+  eval_batches: Callable[[], Iterator[Batch]]  # the whole eval split, padded, with a 0/1 'mask'
+  num_eval_examples: int
+  meta: Meta  # What shapes the model: task, num_classes, vocab_size, input shape, ...
+  # step -> this process's rows of a train batch of the largest shape any step can have (e.g. the
+  # widest length bucket), for sizing memory and timing at one stated shape; None when every
+  # step's batch has the same shape.
+  widest_train_batch: Callable[[int], Batch] | None = None
+  tokenizer: Tokenizer | None = None  # Text datasets: the one saved as WORKDIR/vocab.json.
+
+  def largest_train_batch(self, step: int = 0) -> Batch:
+    """A train batch of the largest shape training can see (what memory must be sized for)."""
+    return (self.widest_train_batch or self.train_batch)(step)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from research.config_checks import check_choice, check_positive
-from research.data import pipeline, tfds_build
+from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
 from research.data.tokenizers import MASK, SPECIALS, UNK, Tokenizer, WordVocab
@@ -155,7 +155,7 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta
 
 
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
-                workdir: str | None = None) -> pipeline.Dataset:
+                workdir: str | None = None) -> spec.Dataset:
   max_len, buckets = _check(config.data)
   train_texts, train_labels = load_split(config.data, config.data.train_split)
   eval_texts, eval_labels = load_split(config.data, config.data.eval_split)
@@ -187,7 +187,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
       batch = drop_words(batch, rng, config.data.word_dropout)
     return {k: v[rows] for k, v in batch.items()}
 
-  return pipeline.Dataset(
+  return spec.Dataset(
       train_batch=train_batch,
       eval_batches=lambda: pipeline.padded_eval_batches(
           evals, batch_size=config.eval_batch_size, process_index=process_index,
