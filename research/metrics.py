@@ -11,6 +11,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -106,8 +107,6 @@ def save_confusion_png(confusion_CxC: np.ndarray, path: str, title: str) -> None
 
 def host_metrics(pending: list[dict]) -> list[dict]:
   """Per-step metrics on the host (waits for them); replicated arrays of any process count."""
-  import jax
-
   return [{k: np.asarray(v.addressable_data(0) if isinstance(v, jax.Array) else v)
            for k, v in m.items()} for m in pending]
 

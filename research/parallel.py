@@ -146,6 +146,24 @@ class Layout:
       return state
     return jax.tree.map(lambda x: _stack_local_copies(x, self.batch_sharding), state)
 
+  def abstract_step_args(self, state: PyTree, batch: dict) -> tuple[PyTree, dict]:
+    """ShapeDtypeStructs of the global state and batch -> what the compiled step takes (for
+    compiling ahead of time without allocating anything)."""
+    if self.strategy == 'pmap':
+      n = self.mesh.size  # Every local device: a full copy of the state, 1/n of the local rows.
+      state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), state)
+      batch = {k: jax.ShapeDtypeStruct((n, v.shape[0] // jax.device_count()) + v.shape[1:],
+                                       v.dtype) for k, v in batch.items()}
+      return state, batch
+    return state, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+                   for k, v in batch.items()}
+
+  def device_shardings(self, state: PyTree) -> PyTree:
+    """How one device holds each leaf of the global state (pmap: a whole replica)."""
+    if self.strategy != 'pmap':
+      return self.state_sharding
+    return jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), state)
+
   def to_global(self, state: PyTree) -> PyTree:
     """The compiled step's layout -> global state (for checkpoints and export)."""
     if self.strategy != 'pmap':

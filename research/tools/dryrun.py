@@ -47,15 +47,7 @@ def compile_train_step(config: ml_collections.ConfigDict, dataset: data.Dataset)
   layout, abstract = setup.layout, setup.abstract
   batch = _abstract_batch(dataset, config.batch_size)
   p_train, _ = setup.compiled_steps()
-  if layout.strategy == 'pmap':
-    n = layout.mesh.size  # Every local device: a full copy of the state, 1/n of the local rows.
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), abstract)
-    batch = {k: jax.ShapeDtypeStruct((n, v.shape[0] // jax.device_count()) + v.shape[1:], v.dtype)
-             for k, v in batch.items()}
-  else:
-    state = abstract
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=layout.batch_sharding)
-             for k, v in batch.items()}
+  state, batch = layout.abstract_step_args(abstract, batch)
   compiled = p_train.lower(state, batch).compile()
   return compiled, layout, abstract, batch
 
@@ -64,10 +56,7 @@ def memory_report(config: ml_collections.ConfigDict, dataset: data.Dataset) -> d
   """Per-device bytes: parameters, optimizer state, XLA temporaries (activations) and the peak."""
   t0 = time.time()
   compiled, layout, abstract, batch = compile_train_step(config, dataset)
-  shardings = layout.state_sharding
-  if layout.strategy == 'pmap':
-    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
-                             abstract)
+  shardings = layout.device_shardings(abstract)
   mem = compiled.memory_analysis()
   params = per_device_bytes(abstract.params, shardings.params)
   opt_state = per_device_bytes(abstract.opt_state, shardings.opt_state)
