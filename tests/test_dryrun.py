@@ -1,13 +1,11 @@
-"""--mode=dryrun: the train step compiled ahead of time from shapes, per-device bytes reported."""
+"""research/tools/dryrun.py: the train step compiled ahead of time from shapes, per-device bytes
+reported (`launch.py --mode=dryrun`: tests/integration/test_launch_modes.py)."""
 
-import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import run_launch
 
 from experiments import shakespeare_char as lm_config
 from research import config as configs
@@ -94,24 +92,6 @@ def test_dryrun_rejects_layouts_before_compiling():
   config.model.widths = (100,)
   with pytest.raises(ConfigError, match=r"dense_0.*dimension 100 is sharded"):
     dryrun.memory_report(config, fake_dataset(config.batch_size))
-
-
-def test_launch_dryrun_prints_the_memory_table_for_the_lm(tmp_path, data_dir):
-  args = ['--config=experiments/shakespeare_char.py:tiny', '--mode=dryrun',
-          f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path}',
-          '--config.parallel.data=2', '--config.parallel.fsdp=2', '--config.parallel.tensor=2']
-  result = run_launch(args, devices=8, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  out = result.stdout
-  for line in ('mesh data=2 x fsdp=2 x tensor=2 on 8 cpu devices', 'parameters', 'optimizer state',
-               'activations/temp', 'total (peak est.)'):
-    assert line in out, out
-  saved = json.load(open(os.path.join(tmp_path, 'dryrun.json')))
-  assert saved['num_params'] > 0 and saved['per_device_bytes']['total'] > 0
-  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))  # No training happened.
-  bad = run_launch(args[:-3] + ['--config.parallel.data=1', '--config.parallel.tensor=8'],
-                   devices=8, timeout=300)
-  assert bad.returncode == 2 and 'is sharded over mesh axes' in bad.stderr
 
 
 def test_dryrun_sizes_sst2_at_its_widest_length_bucket(data_dir):

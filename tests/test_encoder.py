@@ -1,9 +1,7 @@
-"""Encoder classifier: padding, bidirectional masks, patches, bad input, and three real tasks."""
+"""research/models/encoder.py: padding, bidirectional masks, patches, bad input. Its three real
+tasks: tests/integration/test_encoder_tasks.py; SST-2's batches: tests/test_data.py."""
 
-import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -11,14 +9,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO
 
 import experiments.mnist_vit as mnist_vit
 import experiments.sst2_encoder as sst2_encoder
 from research import models
 from research.data.spec import Meta
-from research.data.sst2 import bucket_train_batch, mask_tokens
-from research.data.tokenizers import MASK
 from research.errors import ConfigError
 from research.models.encoder import patchify
 from research.train import train_and_evaluate
@@ -122,66 +117,3 @@ def test_a_run_with_an_indivisible_patch_size_fails_before_writing_anything(tmp_
     train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
   assert not os.path.exists(tmp_path / 'config.json')
-
-
-TASKS = {  # Tiny presets, 1 CPU device each: accuracy floor.
-    'mnist_vit': 0.25,  # 60 steps: 0.36 measured; chance 0.1.
-    'mnist1d_encoder': 0.25,  # 200 steps: 0.365 measured; chance 0.1.
-    'sst2_encoder': 0.65,  # 160 steps: 0.71-0.72 measured; dev majority class 0.51.
-}
-
-
-@pytest.fixture(scope='module')
-def task_runs(tmp_path_factory, data_dir):
-  """The three tasks' short real runs, as concurrent launch.py processes (both cores busy)."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  runs = {}
-  for name in TASKS:
-    workdir = str(tmp_path_factory.mktemp(name))
-    args = [sys.executable, os.path.join(REPO, 'launch.py'),
-            f'--config=experiments/{name}.py:tiny', f'--workdir={workdir}',
-            f'--config.data.data_dir={data_dir}']
-    runs[name] = (workdir, subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True))
-  out = {}
-  for name, (workdir, process) in runs.items():
-    log = process.communicate(timeout=600)[0]
-    assert process.returncode == 0, log[-3000:]
-    out[name] = json.load(open(os.path.join(workdir, 'summary.json')))
-  return out
-
-
-@pytest.mark.parametrize('name', list(TASKS))
-def test_each_task_learns_in_a_short_real_run(name, task_runs):
-  assert task_runs[name]['accuracy'] > TASKS[name], task_runs[name]
-
-
-def test_length_buckets_and_masked_lm_batches():
-  rng = np.random.default_rng(0)
-  lengths = rng.integers(1, 40, 500)
-  ids = np.where(np.arange(64)[None] < lengths[:, None], rng.integers(3, VOCAB, (500, 64)), 0)
-  arrays = {'inputs': ids.astype(np.int32), 'input_mask': (ids > 0).astype(np.int32),
-            'targets': np.arange(500)}
-  widths = set()
-  for step in range(20):
-    batch = bucket_train_batch(arrays, lengths, step, seed=1, batch_size=8, buckets=(16, 32, 64))
-    width = batch['inputs'].shape[1]
-    widths.add(width)
-    assert (lengths[batch['targets']] <= width).all()  # Nothing cut off.
-    assert width == 16 or (lengths[batch['targets']] > {32: 16, 64: 32}[width]).all()
-    again = bucket_train_batch(arrays, lengths, step, seed=1, batch_size=8, buckets=(16, 32, 64))
-    np.testing.assert_array_equal(again['inputs'], batch['inputs'])  # A function of the step.
-  assert widths == {16, 32, 64}
-
-  batch = mask_tokens({k: arrays[k][:200] for k in ('inputs', 'input_mask')},
-                      np.random.default_rng(1), 0.15, VOCAB)
-  used = batch['target_mask'].astype(bool)
-  rows = np.arange(200)[:, None]
-  np.testing.assert_array_equal(used.sum(1), np.maximum(1, np.round(0.15 * lengths[:200])))
-  assert (batch['mlm_positions'][used] < np.broadcast_to(lengths[:200, None], used.shape)[used]
-          ).all()  # Only real words are predicted...
-  np.testing.assert_array_equal(batch['targets'][used],  # ...against their original ids...
-                                arrays['inputs'][:200][rows, batch['mlm_positions']][used])
-  changed = batch['inputs'] != arrays['inputs'][:200]
-  assert changed.sum() <= used.sum()  # ...and only they are corrupted, mostly to [MASK].
-  assert 0.7 < (batch['inputs'][rows, batch['mlm_positions']][used] == MASK).mean() < 0.9

@@ -1,4 +1,5 @@
-"""research/metrics.py: macro precision/recall/F1 (sklearn's convention, by hand) and metric lines.
+"""research/metrics.py: macro precision/recall/F1 (sklearn's convention, by hand), metric lines,
+and the exact-resume bookkeeping (metrics.jsonl cut back to a checkpoint, pending metrics).
 
 Expected values are worked out by hand (sklearn is not installed): per class, precision = TP /
 column sum, recall = TP / row sum, F1 = 2TP / (row sum + column sum); a 0/0 scores 0 (sklearn's
@@ -8,8 +9,10 @@ default zero_division); classes absent from both labels and predictions are left
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
+from research import metrics
 from research.metrics import MetricWriter, classification_report
 
 
@@ -66,3 +69,21 @@ def test_metric_lines_hold_floats_and_null_for_non_finite(tmp_path):
   line = json.loads((tmp_path / 'metrics.jsonl').read_text())
   assert line == {'step': 3, 'split': 'eval', 'loss': 0.5, 'macro_f1': None}
 
+
+def test_truncate_jsonl_drops_later_steps_and_a_torn_line(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  lines = [json.dumps({'step': s, 'split': 'train'}) + '\n' for s in (5, 10, 15)]
+  with open(path, 'w') as f:
+    f.writelines(lines + ['{"step": 20, "spl'])
+  assert metrics.truncate_jsonl(path, 10) == 2
+  assert open(path).read() == ''.join(lines[:2])
+  assert metrics.truncate_jsonl(path, 10) == 0
+
+
+def test_pending_metrics_round_trip_exactly_through_json():
+  pending = [{'loss': jnp.float32(0.1 * i + 1e-7), 'nonfinite': jnp.float32(0)} for i in range(3)]
+  restored = metrics.pending_from_json(json.loads(json.dumps(
+      metrics.pending_to_json(pending))))
+  for a, b in zip(pending, restored, strict=True):
+    for k in a:
+      assert np.asarray(a[k]).tobytes() == b[k].tobytes() and b[k].dtype == np.float32

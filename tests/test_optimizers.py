@@ -127,6 +127,18 @@ def test_every_optimizer_decays_exactly_the_masked_encoder_params(name, partitio
   assert moved == want
 
 
+@pytest.mark.parametrize('name', optimizers.OPTIMIZERS)
+def test_every_optimizer_steps_and_decays_only_matrices(name):
+  opt = configs.base_config().optimizer
+  opt.name, opt.weight_decay, opt.grad_clip_norm = name, 0.5, 1.0
+  tx, _ = optimizers.make_optimizer(opt, 10)
+  params = {'kernel': jnp.ones((4, 4)), 'bias': jnp.ones((4,))}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  assert float(jnp.abs(updates['bias']).max()) == 0.0  # No decay on vectors.
+  assert float(jnp.abs(updates['kernel']).max()) > 0.0  # Decay on matrices.
+
+
 # --- Schedules ----------------------------------------------------------------------------------
 
 
@@ -173,6 +185,18 @@ def test_applied_learning_rate_follows_the_optimizer_count_not_a_step_counter():
   for count in range(3):
     assert float(optimizers.applied_learning_rate(schedule, state)) == float(schedule(count))
     _, state = tx.update(params, state, params)
+
+
+@pytest.mark.parametrize('schedule,expected', [
+    ('constant', [0.5, 1.0, 1.0, 1.0, 1.0]),  # The first update already moves (warmup 2).
+    ('warmup_cosine', [0.5, 1.0, 1.0, 0.55, 0.1]),
+    ('linear', [0.5, 1.0, 1.0, 0.55, 0.1]),
+])
+def test_schedules_warm_up_then_decay_to_the_final_ratio(schedule, expected):
+  opt = configs.base_config().optimizer
+  opt.learning_rate, opt.warmup_steps, opt.final_lr_ratio, opt.schedule = 1.0, 2, 0.1, schedule
+  lr = optimizers.make_schedule(opt, num_train_steps=6)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 1, 2, 4, 6)], expected, atol=1e-6)
 
 
 # --- The logged learning rate in a real run -----------------------------------------------------

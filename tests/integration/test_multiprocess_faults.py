@@ -9,14 +9,13 @@ so a regression shows as a failure, not a hang.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 from conftest import REPO
-from test_reliability import ensure_mnist, wait_for_metrics
+from helpers import ensure_mnist, free_port, wait_for_metrics
 
 BOUND_S = 60  # Kill -> survivor exit; measured ~0.3-4 s on a loaded 2-core machine.
 ARGS = ['--config=experiments/mnist_mlp.py:smoke', '--config.num_train_steps=1000000',
@@ -24,12 +23,6 @@ ARGS = ['--config=experiments/mnist_mlp.py:smoke', '--config.num_train_steps=100
         '--config.eval_every_steps=1000000', '--config.checkpoint_every_steps=50',
         '--config.progress_bar=False', '--config.step_timeout_s=20', '--num_processes=2',
         '--initialization_timeout=120']
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def python_child(pid: int) -> int:

@@ -14,28 +14,22 @@ Every subprocess runs under `timeout -s KILL`: a process stuck in a collective i
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import REPO
+from helpers import free_port
 
 from research.errors import ConfigError
 from research.runtime import distributed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARD_LIMIT_S = 240
 LM_ARGS = ['--config=experiments/shakespeare_char.py:tiny', '--config.num_train_steps=8',
            '--config.log_every_steps=2', '--config.eval_every_steps=8',
            '--config.checkpoint_every_steps=4', '--config.sample.num_tokens=0',
            '--config.model.dropout_rate=0.1', '--config.model.attention_dropout_rate=0.1']
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def start(args: list[str], devices: int, data_dir: str) -> subprocess.Popen:

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO
+from helpers import ensure_mnist, wait_for_metrics
 
 STEPS = 40
 TINY = ['--config=experiments/mnist_mlp.py:smoke', f'--config.num_train_steps={STEPS}',
@@ -57,26 +58,6 @@ class Runs:
       self.results[log] = {'rc': rc, 'log': (self.base / f'{log}.log').read_text(),
                            'seconds': time.monotonic() - t0}
     self.procs = {}
-
-
-def ensure_mnist(data_dir):
-  """Builds/caches MNIST once in this process, so concurrent runs only read it."""
-  import experiments.mnist_mlp as mnist_mlp
-  from research.data import mnist
-
-  data = mnist_mlp.get_config('smoke').data
-  data.data_dir = data_dir
-  for split in ('train', 'test'):
-    mnist.load_split(data, split)
-
-
-def wait_for_metrics(path, timeout=120):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if os.path.exists(path) and os.path.getsize(path) > 0:
-      return
-    time.sleep(0.05)
-  raise TimeoutError(path)
 
 
 @pytest.fixture(scope='module')

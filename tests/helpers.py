@@ -1,0 +1,97 @@
+"""Plain helpers shared by several test files (fixtures and `run_launch` live in conftest.py).
+
+Test files import from here, never from one another, so moving a test file moves nothing else.
+"""
+
+import functools
+import os
+import socket
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+import experiments.mnist_mlp as mnist_mlp
+import experiments.shakespeare_char as shakespeare_char
+from research import models
+from research.config import base_config
+from research.data import mnist
+from research.data.spec import Meta
+
+LM_VOCAB = 65  # Tiny Shakespeare's characters.
+
+
+def free_port() -> int:
+  """A free TCP port on 127.0.0.1 for a jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def mnist_smoke_config(data_dir: str = '/nonexistent') -> ml_collections.ConfigDict:
+  """experiments/mnist_mlp.py:smoke reading DATA_DIR (by default one that does not exist, for
+  tests that must fail before any data is read)."""
+  config = mnist_mlp.get_config('smoke')
+  config.data.data_dir = data_dir
+  return config
+
+
+def ensure_mnist(data_dir: str) -> None:
+  """Builds/caches MNIST once in this process, so concurrent runs only read it."""
+  data = mnist_smoke_config(data_dir).data
+  for split in ('train', 'test'):
+    mnist.load_split(data, split)
+
+
+def wait_for_metrics(path: str, timeout: float = 120) -> None:
+  """Returns once PATH exists and is not empty (a run started logging); TimeoutError after."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+      return
+    time.sleep(0.05)
+  raise TimeoutError(path)
+
+
+def small_mlp_config(steps: int = 10) -> ml_collections.ConfigDict:
+  """base_config() with a one-layer MLP of width 8, no dropout: what sweep tests expand."""
+  c = base_config()
+  c.num_train_steps = steps
+  c.model.widths = (8,)
+  c.model.dropout_rate = 0.0
+  return c
+
+
+def tiny_lm_config(data_dir: str | None = None, **model) -> ml_collections.ConfigDict:
+  """experiments/shakespeare_char.py:tiny, with MODEL's keys set on config.model."""
+  config = shakespeare_char.get_config('tiny')
+  if data_dir:
+    config.data.data_dir = data_dir
+  config.model.update(model)
+  return config
+
+
+def init_lm_params(model: nn.Module, length: int, seed: int = 0) -> dict:
+  tokens = jnp.zeros((1, length), jnp.int32)
+  init = jax.jit(lambda: nn.unbox(model.init(jax.random.key(seed), tokens, train=False)['params']))
+  return init()
+
+
+# Plain multi-head attention with learned positions, and grouped-query attention (2 query heads
+# per KV head) with rotary positions, scanned and rematerialized layers. A wide init spreads the
+# logits, so greedy choices in the cache test are not float-noise ties.
+LM_VARIANTS = {
+    'mha_learned': {},
+    'gqa_rotary_scan': {'positions': 'rotary', 'num_heads': 4, 'num_kv_heads': 2,
+                        'scan_layers': True, 'remat': 'full'},
+}
+
+
+@functools.cache
+def lm_and_params(variant: str) -> tuple[nn.Module, dict]:
+  """The LM_VARIANTS[variant] model (max_len 16) and its initial params, built once."""
+  config = tiny_lm_config(max_len=16, init_std=0.5, **LM_VARIANTS[variant])
+  model = models.get_model(config.model, Meta(task='lm', vocab_size=LM_VOCAB, block_size=16))
+  return model, init_lm_params(model, 16)
