@@ -130,6 +130,14 @@ def model_config() -> ml_collections.ConfigDict:
   # nn.scan over layers: one compiled layer body, so deep models compile faster; off because
   # unrolled layers ran faster on a CPU (docs/performance.md#speed-switches-compared).
   m.scan_layers = False
+  # LayerNorm's epsilon (RMSNorm keeps 1e-6); GPT-2's 1e-5. BERT uses 1e-12 (its config.json).
+  m.layernorm_epsilon = 1e-5
+  # pre | post: norm before each residual branch with a final norm (GPT-2), or after each
+  # residual sum with a norm on the embeddings and none at the end (BERT).
+  m.norm_position = 'pre'
+  m.gelu = 'exact'  # exact | tanh: the tanh approximation is GPT-2's gelu_new.
+  m.type_vocab_size = 0  # Encoder: BERT's token-type (segment) embeddings; 0 = none.
+  m.pooler = False  # Encoder classifier: BERT's dense + tanh on the pooled vector before the head.
   m.tie_embeddings = True  # LM head = the token embedding transposed, as GPT-2 (fewer params).
   m.pooling = 'cls'  # Encoder classifier: cls | mean; a [CLS] token, as BERT and ViT.
   # Encoder on images or signals: patch side length, must divide every spatial size; 0 = token
