@@ -24,7 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.nan_policy = 'stop'  # 'stop': raise, keep the last good checkpoint. 'skip': drop the update.
   c.progress_bar = True
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
-  c.init_from = ''  # A run's workdir or checkpoint: start from its params (research/transfer.py).
+  # A run's workdir or checkpoint, or hf:PATH (a Hugging Face GPT-2 / BERT folder): start from
+  # its params (research/transfer.py, research/hf).
+  c.init_from = ''
+  c.eval_at_start = False  # Also evaluate before the first update (e.g. a loaded checkpoint).
 
   c.model = model_config()
 

@@ -25,6 +25,8 @@ import tokenizers as hf_tokenizers
 from research.errors import ConfigError
 
 FILE = 'vocab.json'  # The tokenizer's file in a workdir (and in an export).
+HF_PREFIX = 'hf:'  # config.init_from=hf:PATH: a Hugging Face checkpoint folder (research/hf).
+HF_FILE = 'tokenizer.json'
 PAD, UNK, MASK = 0, 1, 2  # WordVocab's reserved ids.
 SPECIALS = ('[PAD]', '[UNK]', '[MASK]')
 
@@ -227,6 +229,19 @@ class HFTokenizer:
                             skip_special_tokens=False)
 
 
+def hf_folder(init_from: str) -> str | None:
+  """The folder of `config.init_from=hf:PATH`, or None for any other value."""
+  if not init_from.startswith(HF_PREFIX):
+    return None
+  return os.path.abspath(os.path.expanduser(init_from[len(HF_PREFIX):]))
+
+
+def hf_tokenizer(init_from: str) -> HFTokenizer | None:
+  """The tokenizer.json of an `hf:PATH` init_from (a dataset then uses it), else None."""
+  folder = hf_folder(init_from)
+  return None if folder is None else HFTokenizer.from_file(os.path.join(folder, HF_FILE))
+
+
 KINDS: dict[str, type] = {CharVocab.KIND: CharVocab, WordVocab.KIND: WordVocab,
                           HFTokenizer.KIND: HFTokenizer}
 
@@ -243,6 +258,6 @@ def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
   if saved not in KINDS:
     raise ConfigError(f'{path} holds a tokenizer of unknown type {saved!r}; known: '
                       f'{sorted(KINDS)}.')
-  if kind is not None and saved != kind:
+  if kind is not None and saved not in (kind, HFTokenizer.KIND):  # Any text data takes 'hf'.
     raise ConfigError(f'{path} holds a {saved!r} tokenizer; this dataset uses {kind!r}.')
   return KINDS[saved].from_json(data)

@@ -21,22 +21,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from research.data.tokenizers import HFTokenizer
+from research.config import complete_model_config
+from research.data.tokenizers import HFTokenizer, hf_folder
 from research.errors import ConfigError
 from research.hf import configs, files, names
 from research.hf.configs import hf_config, model_keys, model_type_of
 
-__all__ = ['Checkpoint', 'Loaded', 'hf_config', 'model_keys', 'open_checkpoint', 'parse',
-           'to_hf', 'to_params', 'tokenizer']
+__all__ = ['Checkpoint', 'Loaded', 'configure', 'hf_config', 'model_keys', 'open_checkpoint',
+           'parse', 'to_hf', 'to_params', 'tokenizer']
 
-PREFIX = 'hf:'
-
-
-def parse(init_from: str) -> str | None:
-  """The folder of `config.init_from=hf:PATH`, or None for any other value."""
-  if not init_from.startswith(PREFIX):
-    return None
-  return os.path.abspath(os.path.expanduser(init_from[len(PREFIX):]))
+parse = hf_folder  # `config.init_from=hf:PATH` -> PATH (None for any other value).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +149,29 @@ def merge_model_config(model: ml_collections.ConfigDict,
       changes.append(f'config.model.{key}: {out[key]!r} -> {value!r}')
       out[key] = value
   return out, changes
+
+
+def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """For `init_from=hf:PATH`: the config with config.json's architecture in config.model (what
+  changed is printed), its tokenizer checked against the embedding; before any compute."""
+  path = parse(config.get('init_from', ''))
+  if path is None:
+    return config
+  hf = files.read_config(path)
+  where = f'config.init_from=hf:{path}'
+  keys = model_keys(hf, where)
+  model = complete_model_config(config.model)
+  kind = configs.model_type(hf, where)
+  if model_type_of(model) != kind:
+    raise ConfigError(f'{where} is a {kind} checkpoint; config.model.name={model.name!r} builds '
+                      f'a {model_type_of(model)} model.')
+  if model.name == 'transformer_encoder':  # BertForSequenceClassification pools with a tanh.
+    keys['pooler'] = True
+  tokenizer(path, hf['vocab_size'])
+  files.weight_files(path)  # No weights, or only pickled ones: refused now.
+  model, changes = merge_model_config(model, keys)
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.model = model
+  print(f'{where}: config.model from its config.json'
+        + ''.join(f'\n  {c}' for c in changes), flush=True)
+  return out

@@ -1,0 +1,38 @@
+"""launch.py with config.init_from=hf:PATH (research/hf): a Hugging Face GPT-2 continues training.
+
+The first evaluation (step 0, before any update) must be transformers' own validation loss on
+the same windows (shared/fixtures/hf/gpt2_tiny/reference.json); bad input is one error line.
+"""
+
+import json
+import os
+
+from conftest import require_fixture, run_launch
+
+CONFIG = 'experiments/gpt2_tiny_shakespeare.py:tiny'
+
+
+def test_gpt2_from_hf_first_eval_is_transformers_val_loss(tmp_path, data_dir):
+  path = require_fixture('hf/gpt2_tiny')
+  with open(os.path.join(path, 'reference.json')) as f:
+    val_loss = json.load(f)['val_loss']
+  workdir = tmp_path / 'run'
+  result = run_launch([f'--config={CONFIG}', f'--workdir={workdir}',
+                       f'--config.data.data_dir={data_dir}', f'--config.init_from=hf:{path}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'config.model.gelu' in result.stdout and 'loaded: 28 tensors' in result.stdout
+  with open(workdir / 'metrics.jsonl') as f:
+    evals = [r for r in map(json.loads, f) if r['split'] == 'eval']
+  assert evals[0]['step'] == 0 and abs(evals[0]['loss'] - val_loss) < 1e-4, evals[0]
+  assert evals[-1]['step'] == 2
+  record = json.loads((workdir / 'init_from.json').read_text())
+  assert len(record['loaded']) == 28 and not record['new'] and not record['left_out']
+  assert json.loads((workdir / 'vocab.json').read_text())['type'] == 'hf'
+
+
+def test_a_folder_without_config_json_is_one_error_line(tmp_path):
+  result = run_launch([f'--config={CONFIG}', f'--workdir={tmp_path / "run"}',
+                       f'--config.init_from=hf:{tmp_path}'])
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'config.json is missing' in errors[0], result.stderr[-2000:]
