@@ -165,6 +165,7 @@ def _init_from_hf(config: ml_collections.ConfigDict, state, workdir: str):
   loaded = hf_values(config, state.params)
   if jax.process_index() == 0:
     print(loaded.describe(), flush=True)
+    hf.keep_source(hf.parse(config.init_from), workdir)  # For --mode=export --format=hf.
     with open(os.path.join(workdir, RECORD), 'w') as f:
       json.dump({'init_from': config.init_from, 'loaded': loaded.loaded, 'new': loaded.new,
                  'left_out': loaded.left_out}, f, indent=2)

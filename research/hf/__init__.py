@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -27,8 +28,12 @@ from research.errors import ConfigError
 from research.hf import configs, files, names
 from research.hf.configs import hf_config, model_keys, model_type_of
 
-__all__ = ['Checkpoint', 'Loaded', 'configure', 'hf_config', 'model_keys', 'open_checkpoint',
-           'parse', 'to_hf', 'to_params', 'tokenizer']
+SOURCE = 'hf_source'  # WORKDIR/hf_source/: the loaded folder's JSON files, kept for export.
+SOURCE_FILES = ('config.json', 'tokenizer_config.json', 'generation_config.json',
+                'special_tokens_map.json')
+
+__all__ = ['Checkpoint', 'Loaded', 'configure', 'hf_config', 'keep_source', 'model_keys',
+           'open_checkpoint', 'parse', 'to_hf', 'to_params', 'tokenizer']
 
 parse = hf_folder  # `config.init_from=hf:PATH` -> PATH (None for any other value).
 
@@ -175,3 +180,13 @@ def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   print(f'{where}: config.model from its config.json'
         + ''.join(f'\n  {c}' for c in changes), flush=True)
   return out
+
+
+def keep_source(path: str, workdir: str) -> None:
+  """Copies the loaded folder's small JSON files to WORKDIR/hf_source/, so an export keeps what
+  we do not model (token ids, the tokenizer class, generation defaults) without the folder."""
+  out = os.path.join(workdir, SOURCE)
+  os.makedirs(out, exist_ok=True)
+  for name in SOURCE_FILES:
+    if os.path.exists(os.path.join(path, name)):
+      shutil.copyfile(os.path.join(path, name), os.path.join(out, name))

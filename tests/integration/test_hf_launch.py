@@ -36,3 +36,32 @@ def test_a_folder_without_config_json_is_one_error_line(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'config.json is missing' in errors[0], result.stderr[-2000:]
+
+
+def test_export_hf_of_an_unchanged_gpt2_reproduces_the_checkpoint_bit_for_bit(tmp_path, data_dir):
+  """Every param frozen, so the exported folder must be the fixture's, tensor for tensor."""
+  from research.hf import files
+
+  path = require_fixture('hf/gpt2_tiny')
+  workdir = tmp_path / 'run'
+  frozen = "--config.optimizer.freeze=('token_embed','position_embed','stack','final_norm')"
+  result = run_launch([f'--config={CONFIG}', f'--workdir={workdir}', frozen,
+                       f'--config.data.data_dir={data_dir}', f'--config.init_from=hf:{path}',
+                       '--config.sample.num_tokens=0', '--config.eval_at_start=False'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_launch(['--mode=export', '--format=hf', f'--workdir={workdir}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'read back bit for bit' in result.stdout
+  out = workdir / 'export_hf'
+  ours = files.read_tensors([str(out / 'model.safetensors')])
+  theirs = files.read_tensors([os.path.join(path, 'model.safetensors')])
+  assert sorted(ours) == sorted(theirs)
+  for name, tensor in theirs.items():
+    assert ours[name].dtype == tensor.dtype and ours[name].shape == tensor.shape, name
+    assert ours[name].tobytes() == tensor.tobytes(), name
+  with open(os.path.join(path, 'config.json')) as f:
+    config = json.load(f)
+  config.pop('transformers_version')
+  assert json.loads((out / 'config.json').read_text()) == config
+  with open(os.path.join(path, 'tokenizer.json')) as f:
+    assert (out / 'tokenizer.json').read_text() == f.read()
