@@ -65,3 +65,28 @@ def test_export_hf_of_an_unchanged_gpt2_reproduces_the_checkpoint_bit_for_bit(tm
   assert json.loads((out / 'config.json').read_text()) == config
   with open(os.path.join(path, 'tokenizer.json')) as f:
     assert (out / 'tokenizer.json').read_text() == f.read()
+
+
+def test_sst2_classifier_fine_tunes_from_bert_and_exports_as_hf(tmp_path, data_dir):
+  """bert_tiny's WordPiece tokenizes SST-2; the pooler and head are new, the MLM head left out;
+  the fine-tuned run exports as BertForSequenceClassification, read back bit for bit."""
+  from research.hf import files
+
+  require_fixture('hf/bert_tiny')
+  workdir = tmp_path / 'run'
+  result = run_launch(['--config=experiments/sst2_encoder.py:hf_tiny', f'--workdir={workdir}',
+                       f'--config.data.data_dir={data_dir}', '--config.num_train_steps=4',
+                       '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((workdir / 'init_from.json').read_text())
+  assert sorted(record['new']) == ['head/bias', 'head/kernel', 'pooler/bias', 'pooler/kernel']
+  assert all(n.startswith('cls.predictions.') for n in record['left_out'])
+  assert len(record['loaded']) == 37
+  result = run_launch(['--mode=export', '--format=hf', f'--workdir={workdir}'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = workdir / 'export_hf'
+  config = json.loads((out / 'config.json').read_text())
+  assert config['architectures'] == ['BertForSequenceClassification'] and config['num_labels'] == 2
+  names = set(files.read_tensors([str(out / 'model.safetensors')]))
+  assert {'bert.pooler.dense.weight', 'classifier.weight', 'classifier.bias'} <= names
+  assert (out / 'tokenizer.json').exists() and (out / 'tokenizer_config.json').exists()
