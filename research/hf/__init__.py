@@ -156,7 +156,7 @@ def merge_model_config(model: ml_collections.ConfigDict,
   return out, changes
 
 
-def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def configure(config: ml_collections.ConfigDict, verbose: bool = True) -> ml_collections.ConfigDict:
   """For `init_from=hf:PATH`: the config with config.json's architecture in config.model (what
   changed is printed), its tokenizer checked against the embedding; before any compute."""
   path = parse(config.get('init_from', ''))
@@ -177,8 +177,9 @@ def configure(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   model, changes = merge_model_config(model, keys)
   out = ml_collections.ConfigDict(config.to_dict())
   out.model = model
-  print(f'{where}: config.model from its config.json'
-        + ''.join(f'\n  {c}' for c in changes), flush=True)
+  if verbose:
+    print(f'{where}: config.model from its config.json'
+          + ''.join(f'\n  {c}' for c in changes), flush=True)
   return out
 
 

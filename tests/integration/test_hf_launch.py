@@ -65,6 +65,13 @@ def test_export_hf_of_an_unchanged_gpt2_reproduces_the_checkpoint_bit_for_bit(tm
   assert json.loads((out / 'config.json').read_text()) == config
   with open(os.path.join(path, 'tokenizer.json')) as f:
     assert (out / 'tokenizer.json').read_text() == f.read()
+  # --mode=sample, greedy, from the same (unchanged) params: transformers' generate() text.
+  with open(os.path.join(path, 'reference.json')) as f:
+    greedy_text = json.load(f)['greedy_text']
+  result = run_launch([f'--config={CONFIG}', f'--workdir={workdir}', frozen, '--mode=sample',
+                       '--prompt=ROMEO:\nWhat light', '--temperature=0', '--num_tokens=30'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.rstrip('\n').endswith(greedy_text), result.stdout[-500:]
 
 
 def test_sst2_classifier_fine_tunes_from_bert_and_exports_as_hf(tmp_path, data_dir):
