@@ -135,6 +135,7 @@ def test_launch_benchmark_mlp_and_bad_input(data_dir, tmp_path):
 BENCH_CASES = {
     'mnist_mlp': ('smoke', {}),
     'shakespeare_char': ('tiny', {}),
+    'gpt2_tiny_shakespeare': ('tiny', {}),  # Needs ../shared/fixtures/hf/gpt2_tiny.
     'gpt2_small': ('default', {'model.num_layers': 1, 'model.num_heads': 2, 'model.d_model': 32,
                                'data.block_size': 64, 'model.max_len': 64}),
     'mnist_vit': ('tiny', {}),
