@@ -32,6 +32,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'dryrun', 'sampl
                   'for inference (params, StableHLO programs, manifest; needs only --workdir).')
 flags.DEFINE_string('checkpoint', 'latest', '--mode=export: latest, best (by '
                     'config.checkpoint.best_metric) or a step number.')
+flags.DEFINE_enum('format', 'jax', ['jax', 'hf'], '--mode=export: jax (WORKDIR/export/: params '
+                  'and jax.export programs) or hf (WORKDIR/export_hf/: a Hugging Face folder '
+                  'that from_pretrained loads).')
 flags.DEFINE_string('prompt', '\n', '--mode=sample: text to continue.')
 flags.DEFINE_integer('num_tokens', 500, '--mode=sample: characters to generate.')
 flags.DEFINE_float('temperature', 0.8, '--mode=sample: softmax temperature; 0 = greedy.')
@@ -102,6 +105,10 @@ def main(argv: list[str]) -> None:
       from research.tools.report import write_report
 
       write_report(FLAGS.workdir)
+    elif FLAGS.mode == 'export' and FLAGS.format == 'hf':
+      from research.tools.export_hf import export_hf, summary
+
+      print(summary(export_hf(FLAGS.workdir, FLAGS.checkpoint)))
     elif FLAGS.mode == 'export':
       from research.tools.export import export_workdir, summary
 

@@ -8,9 +8,18 @@ Fine-tuning the masked-LM pre-trained encoder of experiments/sst2_pretrain_mlm.p
   python launch.py --config=experiments/sst2_encoder.py:finetune --workdir=/tmp/sst2_ft \
       --config.data.data_dir=/tmp/tfds --config.init_from=/tmp/sst2_mlm
 
+Fine-tuning a Hugging Face BERT (BertForSequenceClassification: its WordPiece tokenizer, a pooler
+and a new head; sizes from its config.json), by default shared/fixtures/hf/bert_tiny:
+
+  python launch.py --config=experiments/sst2_encoder.py:hf --workdir=/tmp/sst2_bert \
+      --config.data.data_dir=/tmp/tfds [--config.init_from=hf:PATH]
+
 Results of both: docs/encoder.md#results. Presets: `:default` from scratch; `:finetune` the same
-model from `config.init_from`; `:tiny` a few seconds of training, for tests.
+model from `config.init_from`; `:hf` from a Hugging Face BERT; `:tiny` a few seconds of training,
+for tests (`:hf_tiny` the same from bert_tiny).
 """
+
+import os
 
 import ml_collections
 
@@ -88,6 +97,27 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 3e-3
     c.optimizer.warmup_steps = 10
     c.checkpoint.async_save = False
+  elif preset in ('hf', 'hf_tiny'):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bert = os.path.normpath(os.path.join(repo, '..', 'shared', 'fixtures', 'hf', 'bert_tiny'))
+    c.init_from = 'hf:' + bert  # Sizes, norms, GELU, [CLS] pooling and the pooler from it.
+    c.eval_at_start = True
+    c.model.dropout_rate = 0.1  # BERT's hidden_dropout_prob.
+    c.data.word_dropout = 0.0  # WordPiece has few [UNK]s to train.
+    c.data.max_len = 128  # WordPiece tokens with [CLS]/[SEP]: bert_tiny's whole position table.
+    c.optimizer.learning_rate = 5e-4
+    c.optimizer.warmup_steps = 100
+    c.num_train_steps = 1000
+    if preset == 'hf_tiny':
+      c.num_train_steps = 20
+      c.batch_size = 32
+      c.log_every_steps = 10
+      c.eval_every_steps = c.checkpoint_every_steps = 20
+      c.progress_bar = False
+      c.data.length_buckets = ()
+      c.data.max_len = 64  # One short shape for tests (cuts 412 train, 21 dev sentences).
+      c.optimizer.warmup_steps = 2
+      c.checkpoint.async_save = False
   elif preset != 'default':
-    raise ValueError(f'Unknown preset {preset!r}; use :default, :finetune or :tiny.')
+    raise ValueError(f'Unknown preset {preset!r}; use :default, :finetune, :hf, :hf_tiny or :tiny.')
   return c

@@ -24,7 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.nan_policy = 'stop'  # 'stop': raise, keep the last good checkpoint. 'skip': drop the update.
   c.progress_bar = True
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
-  c.init_from = ''  # A run's workdir or checkpoint: start from its params (research/transfer.py).
+  # A run's workdir or checkpoint, or hf:PATH (a Hugging Face GPT-2 / BERT folder): start from
+  # its params (research/transfer.py, research/hf).
+  c.init_from = ''
+  c.eval_at_start = False  # Also evaluate before the first update (e.g. a loaded checkpoint).
 
   c.model = model_config()
 
@@ -130,6 +133,14 @@ def model_config() -> ml_collections.ConfigDict:
   # nn.scan over layers: one compiled layer body, so deep models compile faster; off because
   # unrolled layers ran faster on a CPU (docs/performance.md#speed-switches-compared).
   m.scan_layers = False
+  # LayerNorm's epsilon (RMSNorm keeps 1e-6); GPT-2's 1e-5. BERT uses 1e-12 (its config.json).
+  m.layernorm_epsilon = 1e-5
+  # pre | post: norm before each residual branch with a final norm (GPT-2), or after each
+  # residual sum with a norm on the embeddings and none at the end (BERT).
+  m.norm_position = 'pre'
+  m.gelu = 'exact'  # exact | tanh: the tanh approximation is GPT-2's gelu_new.
+  m.type_vocab_size = 0  # Encoder: BERT's token-type (segment) embeddings; 0 = none.
+  m.pooler = False  # Encoder classifier: BERT's dense + tanh on the pooled vector before the head.
   m.tie_embeddings = True  # LM head = the token embedding transposed, as GPT-2 (fewer params).
   m.pooling = 'cls'  # Encoder classifier: cls | mean; a [CLS] token, as BERT and ViT.
   # Encoder on images or signals: patch side length, must divide every spatial size; 0 = token

@@ -128,7 +128,8 @@ def _check_transformer(cfg: ml_collections.ConfigDict,
   for key in ('num_layers', 'd_model', 'num_heads'):
     if not _is_int(cfg[key], 1):
       raise ConfigError(f'config.model.{key} must be a positive integer, got {cfg[key]!r}.')
-  for key, zero in (('num_kv_heads', 'num_heads'), ('d_ff', '4 * d_model'),
+  for key, zero in (('type_vocab_size', 'no token types'), ('num_kv_heads', 'num_heads'),
+                    ('d_ff', '4 * d_model'),
                     ('max_len', "the data's length"), ('patch_size', 'token inputs')):
     if not _is_int(cfg[key], 0):
       raise ConfigError(f'config.model.{key} must be a positive integer (or 0 = {zero}), got '
@@ -143,7 +144,11 @@ def _check_transformer(cfg: ml_collections.ConfigDict,
                       'each KV head among num_heads / num_kv_heads query heads).')
   for key in ('dropout_rate', 'attention_dropout_rate'):
     _check_rate(cfg, key)
-  for key in ('norm', 'mlp', 'positions', 'attention_impl', 'remat', 'pooling'):
+  eps = cfg.layernorm_epsilon
+  if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+    raise ConfigError(f'config.model.layernorm_epsilon must be a number in (0, 1), got {eps!r}.')
+  for key in ('norm', 'mlp', 'positions', 'attention_impl', 'remat', 'pooling', 'norm_position',
+              'gelu'):
     _check_model_choice(cfg, key, choices[key])
   head_dim = cfg.d_model // cfg.num_heads
   if cfg.positions == 'rotary' and head_dim % 2:

@@ -15,7 +15,19 @@ import jax
 import ml_collections
 from absl import logging
 
-from research import build, config_checks, console, data, hooks, parallel, provenance, runtime
+from research import (
+  build,
+  checkpointing,
+  config_checks,
+  console,
+  data,
+  hf,
+  hooks,
+  parallel,
+  provenance,
+  runtime,
+  transfer,
+)
 from research.runtime import resume_check
 
 
@@ -40,11 +52,15 @@ def start(config: ml_collections.ConfigDict,
   config_checks.check_train_config(config)
   config_checks.check_workdir(workdir)
   runtime.check_config(config)
+  config = hf.configure(config)  # init_from=hf:PATH: its config.json's architecture.
   # optimizer.decay_steps made concrete (a resumed run keeps its recorded schedule length).
   config = resume_check.resolve_schedule(workdir, config)
   changes = resume_check.check_resume(workdir, config)  # Refuses a changed model.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   setup = build.build(config, dataset)
+  fresh = not checkpointing.complete_steps(os.path.join(workdir, 'checkpoints'))
+  if fresh and hf.parse(config.get('init_from', '')):
+    transfer.hf_values(config, setup.abstract.params)  # Shapes that do not fit: refused now.
   print(parallel.describe(setup.layout), flush=True)  # Every process, before any compute.
   config_json = write_config(workdir, config)  # Only once the input checked out.
   console.log_to_file(workdir, jax.process_index())
@@ -61,6 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total, stop = config.num_train_steps, False
   with runtime.Guards(config) as guards, hooks.Run(setup, workdir, p_eval, guards) as run:
     state, step = run.restore_or_init()
+    if step == 0 and config.get('eval_at_start'):  # E.g. what a loaded checkpoint scores.
+      run.evaluate(0, state)
     actions = [hooks.Every(config.eval_every_steps, run.evaluate),
                hooks.Every(config.checkpoint_every_steps, run.save)]
     make_batch = lambda s: setup.layout.put_batch(guards.batch(s, setup.dataset.train_batch(s)))

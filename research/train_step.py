@@ -26,7 +26,7 @@ PyTree = Any
 # Batch keys passed to the model (when present); the rest feed the loss. `mlm_positions`: where a
 # masked-LM predicts (research/models/encoder.py), so it needs no logits at the other positions.
 # `rows`: each example's row in the global batch, added by train_step (keys dropout masks).
-MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions', 'rows')
+MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions', 'token_types', 'rows')
 
 
 @flax.struct.dataclass

@@ -1,5 +1,8 @@
 """Transfer learning: start a run from another run's parameters, and optionally freeze them.
 
+`config.init_from=hf:PATH` loads a Hugging Face GPT-2 / BERT checkpoint folder instead (research/hf:
+its config.json sets the architecture, train.start; its tensors are mapped by name and layout).
+
 `config.init_from` names a run's workdir (its newest checkpoint is used) or one checkpoint folder
 (WORKDIR/checkpoints/STEP). A fresh run (never a resumed one: a checkpoint of this run wins) then
 takes every parameter whose path name and shape match, e.g. the encoder of a masked-LM run:
@@ -29,7 +32,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from research import hf
 from research.checkpointing import complete_steps
+from research.config import complete_model_config
 from research.errors import ConfigError
 from research.optimizers import path_name
 
@@ -133,21 +138,44 @@ def read_params(state_dir: str, names: tuple[str, ...], like: dict[str, Any]) ->
 
 def apply(p: Plan, params: PyTree) -> PyTree:
   """`params` with the loaded ones replaced, each placed with the fresh array's sharding."""
-  ours = flat_named(params)
-  values = read_params(p.state_dir, p.loaded, ours)
+  return place(params, read_params(p.state_dir, p.loaded, flat_named(params)))
 
-  def place(path, x):
+
+def hf_values(config: ml_collections.ConfigDict, params: PyTree) -> hf.Loaded:
+  """`init_from=hf:PATH`: the checkpoint's tensors as our params; ConfigError naming any tensor
+  whose shape does not fit (`params` may be abstract: train.start checks before compute)."""
+  ckpt = hf.open_checkpoint(hf.parse(config.init_from))
+  shapes = {name: tuple(x.shape) for name, x in flat_named(params).items()}
+  return hf.to_params(ckpt, complete_model_config(config.model), shapes)
+
+
+def place(params: PyTree, values: dict[str, np.ndarray]) -> PyTree:
+  """`params` with the named ones replaced (in their dtype), each with the fresh sharding."""
+  def one(path, x):
     name = path_name(path)
     if name not in values:
       return x
-    value = values[name]
+    value = np.asarray(values[name]).astype(x.dtype)
     return jax.make_array_from_callback(x.shape, x.sharding, lambda index: value[index])
 
-  return jax.tree_util.tree_map_with_path(place, params)
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _init_from_hf(config: ml_collections.ConfigDict, state, workdir: str):
+  loaded = hf_values(config, state.params)
+  if jax.process_index() == 0:
+    print(loaded.describe(), flush=True)
+    hf.keep_source(hf.parse(config.init_from), workdir)  # For --mode=export --format=hf.
+    with open(os.path.join(workdir, RECORD), 'w') as f:
+      json.dump({'init_from': config.init_from, 'loaded': loaded.loaded, 'new': loaded.new,
+                 'left_out': loaded.left_out}, f, indent=2)
+  return state.replace(params=place(state.params, loaded.values))
 
 
 def init_from(config: ml_collections.ConfigDict, state, workdir: str):
   """The fresh train state with the pre-trained params of `config.init_from` (see module doc)."""
+  if hf.parse(config.init_from):
+    return _init_from_hf(config, state, workdir)
   p = plan(config.init_from, state.params)
   state = state.replace(params=apply(p, state.params))
   if jax.process_index() == 0:

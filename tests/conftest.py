@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data')
+SHARED_FIXTURES = os.path.join(os.path.dirname(REPO), 'shared', 'fixtures')
 
 
 def in_ci() -> bool:
@@ -29,16 +30,22 @@ def shared_data(subdir: str) -> str | None:
   return path if os.path.isdir(path) else None
 
 
-def require_shared_data(subdir: str) -> str:
-  """`../shared/data/<subdir>`, or a skip without it; under CI a failure, so a missing data
-  folder cannot turn into a green run that tested less."""
-  path = shared_data(subdir)
-  if path is None:
-    message = f'{os.path.join(SHARED_DATA, subdir)} is not available (see ../shared/data/README.md)'
+def require_shared_data(subdir: str, root: str | None = None) -> str:
+  """`../shared/data/<subdir>` (or `root`/<subdir>), or a skip without it; under CI a failure, so
+  a missing data folder cannot turn into a green run that tested less."""
+  root = root or SHARED_DATA  # Read at call time: tests point it elsewhere.
+  path = os.path.join(root, subdir)
+  if not os.path.isdir(path):
+    message = f'{path} is not available (see {os.path.join(root, "README.md")})'
     if in_ci():
       pytest.fail(f'{message}; CI={os.environ["CI"]} is set, so this test must run.')
     pytest.skip(message)
   return path
+
+
+def require_fixture(subdir: str) -> str:
+  """`../shared/fixtures/<subdir>` (e.g. 'hf/gpt2_tiny'), skipped or failed as above."""
+  return require_shared_data(subdir, SHARED_FIXTURES)
 
 
 @pytest.fixture(scope='session')

@@ -50,6 +50,7 @@ def test_benchmark_reports_and_writes_json(data_dir, tmp_path, capsys):
 BENCH_CASES = {
     'mnist_mlp': ('smoke', {}),
     'shakespeare_char': ('tiny', {}),
+    'gpt2_tiny_shakespeare': ('tiny', {}),  # Needs ../shared/fixtures/hf/gpt2_tiny.
     'gpt2_small': ('default', {'model.num_layers': 1, 'model.num_heads': 2, 'model.d_model': 32,
                                'data.block_size': 64, 'model.max_len': 64}),
     'mnist_vit': ('tiny', {}),

@@ -2,11 +2,16 @@
 
 Each TFDS split is one string (train 1,003,854 chars, validation and test 55,770 each). The
 character vocabulary (65 symbols) comes from the train split and is saved as WORKDIR/vocab.json,
-so a resumed run and sampling reuse the exact mapping.
+so a resumed run and sampling reuse the exact mapping. With `config.init_from=hf:PATH` the text
+is tokenized by that checkpoint's tokenizer.json instead (saved as WORKDIR/vocab.json the same way).
 
 Training batches are random windows of block_size + 1 characters, drawn from a generator seeded
 by (seed, step), so the data position is the step. Evaluation covers the whole eval split once,
-in consecutive non-overlapping windows (the last one padded and masked).
+in consecutive non-overlapping windows (the last one padded and masked). Two optional data keys
+(experiments/gpt2_tiny_shakespeare.py sets them) evaluate as transformers' shifted loss does:
+`data.eval_windows='disjoint'` cuts windows of block_size + 1 tokens, each predicting its tokens
+1..block_size from those before (the tail shorter than a window dropped), and `data.eval_chars=N`
+keeps the eval split's first N characters (0 = all).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from research.config_checks import check_positive
 from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
-from research.data.tokenizers import CharVocab, Tokenizer
+from research.data.tokenizers import CharVocab, Tokenizer, hf_tokenizer, load_tokenizer
 from research.errors import ConfigError
 
 NAME = 'tiny_shakespeare'
@@ -34,12 +39,17 @@ def load_text(data: ml_collections.ConfigDict, split: str) -> str:
   return bytes(arrays['text'][0]).decode('utf-8')
 
 
-def get_vocab(train_text: str, workdir: str | None, process_index: int = 0) -> CharVocab:
-  """The workdir's saved vocabulary if there is one, else built from the train text (and saved)."""
+EVAL_WINDOWS = ('chained', 'disjoint')
+
+
+def get_vocab(train_text: str, workdir: str | None, process_index: int = 0,
+              init_from: str = '') -> Tokenizer:
+  """The workdir's saved tokenizer if there is one, else an `hf:` checkpoint's tokenizer.json,
+  else characters from the train text (the new one saved in the workdir)."""
   path = os.path.join(workdir, VOCAB_FILE) if workdir else None
   if path and os.path.exists(path):
-    return CharVocab.load(path)
-  vocab = CharVocab.from_text(train_text)
+    return load_tokenizer(path, CharVocab.KIND)
+  vocab = hf_tokenizer(init_from) or CharVocab.from_text(train_text)
   if path and process_index == 0:
     vocab.save(path)
   return vocab
@@ -66,6 +76,21 @@ def eval_windows(ids: np.ndarray, block_size: int) -> pipeline.Batch:
           'target_mask': valid.reshape(num_windows, block_size).astype(np.float32)}
 
 
+def disjoint_windows(ids: np.ndarray, block_size: int) -> pipeline.Batch:
+  """Windows of block_size + 1 tokens, none shared; each predicts its tokens 1..block_size."""
+  windows = ids[:len(ids) // (block_size + 1) * (block_size + 1)].reshape(-1, block_size + 1)
+  return {'inputs': windows[:, :-1], 'targets': windows[:, 1:],
+          'target_mask': np.ones(windows[:, 1:].shape, np.float32)}
+
+
+def eval_text(config: ml_collections.ConfigDict) -> str:
+  text = load_text(config.data, config.data.eval_split)
+  chars = config.data.get('eval_chars', 0)
+  if not isinstance(chars, int) or chars < 0:
+    raise ConfigError(f'config.data.eval_chars must be an integer >= 0 (0 = all), got {chars!r}.')
+  return text[:chars] if chars else text
+
+
 def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta:
   return Meta(task='lm', vocab_size=tokenizer.vocab_size, block_size=config.data.block_size)
 
@@ -75,14 +100,19 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
   check_positive(config, 'data.block_size')
   block_size = config.data.block_size
   train_text = load_text(config.data, config.data.train_split)
-  vocab = get_vocab(train_text, workdir, process_index)
+  how = config.data.get('eval_windows', 'chained')
+  if how not in EVAL_WINDOWS:
+    raise ConfigError(f'config.data.eval_windows={how!r} is not one of {list(EVAL_WINDOWS)}.')
+  vocab = get_vocab(train_text, workdir, process_index, config.get('init_from', ''))
   train_ids = vocab.encode(train_text, f'{config.data.train_split} split')
-  eval_ids = vocab.encode(load_text(config.data, config.data.eval_split),
-                          f'{config.data.eval_split} split')
+  eval_ids = vocab.encode(eval_text(config), f'{config.data.eval_split} split')
   if len(train_ids) <= block_size:
     raise ConfigError(f'config.data.block_size={block_size} is not shorter than the train split '
                       f'({len(train_ids)} characters).')
-  windows = eval_windows(eval_ids, block_size)
+  windows = (disjoint_windows if how == 'disjoint' else eval_windows)(eval_ids, block_size)
+  if not len(windows['inputs']):
+    raise ConfigError(f'The eval text has {len(eval_ids)} tokens: not one eval window of '
+                      f'config.data.block_size={block_size}.')
   train_batch = functools.partial(train_windows, train_ids, seed=config.seed,
                                   batch_size=config.batch_size, block_size=block_size,
                                   process_index=process_index, process_count=process_count)

@@ -34,7 +34,16 @@ from research.config_checks import check_choice, check_positive
 from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
-from research.data.tokenizers import MASK, SPECIALS, UNK, Tokenizer, WordVocab
+from research.data.tokenizers import (
+  MASK,
+  SPECIALS,
+  UNK,
+  HFTokenizer,
+  Tokenizer,
+  WordVocab,
+  hf_tokenizer,
+  load_tokenizer,
+)
 from research.errors import ConfigError
 
 NAME = 'sst2'
@@ -64,13 +73,16 @@ def _vocab_beside(path: str) -> str | None:
 
 
 def get_vocab(train_texts: list[str], min_count: int, workdir: str | None,
-              init_from: str = '', process_index: int = 0) -> WordVocab:
-  """The workdir's vocabulary, else the pre-trained run's (init_from), else built from train."""
+              init_from: str = '', process_index: int = 0) -> Tokenizer:
+  """The workdir's vocabulary, else the pre-trained run's (init_from: a run, or an hf:PATH
+  checkpoint's tokenizer.json, e.g. BERT's WordPiece), else built from train."""
   path = os.path.join(workdir, VOCAB_FILE) if workdir else None
   if path and os.path.exists(path):
-    return WordVocab.load(path)
-  source = _vocab_beside(init_from) if init_from else None
-  if source:
+    return load_tokenizer(path, WordVocab.KIND)
+  source = _vocab_beside(init_from) if init_from and not hf_tokenizer(init_from) else None
+  if hf_tokenizer(init_from):
+    vocab = hf_tokenizer(init_from)
+  elif source:
     vocab = WordVocab.load(source)
     logging.info('Vocabulary of %d words from the pre-trained run: %s', len(vocab), source)
   else:
@@ -126,10 +138,11 @@ def mask_tokens(batch: pipeline.Batch, rng: np.random.Generator, rate: float,
           'target_mask': used.astype(np.float32)}
 
 
-def drop_words(batch: pipeline.Batch, rng: np.random.Generator, rate: float) -> pipeline.Batch:
+def drop_words(batch: pipeline.Batch, rng: np.random.Generator, rate: float,
+               unk: int = UNK) -> pipeline.Batch:
   """Word dropout: a `rate` share of the words become [UNK] (regularizes; trains [UNK])."""
   dropped = (rng.random(batch['inputs'].shape) < rate) & batch['input_mask'].astype(bool)
-  return dict(batch, inputs=np.where(dropped, UNK, batch['inputs']).astype(np.int32))
+  return dict(batch, inputs=np.where(dropped, unk, batch['inputs']).astype(np.int32))
 
 
 def _check(data: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
@@ -161,6 +174,12 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
   eval_texts, eval_labels = load_split(config.data, config.data.eval_split)
   vocab = get_vocab(train_texts, config.data.vocab_min_count, workdir,
                     config.get('init_from', ''), process_index)
+  unk = UNK
+  if isinstance(vocab, HFTokenizer):
+    if config.data.objective == 'mlm':  # Its [CLS]/[SEP] and [MASK] id are not handled yet.
+      raise ConfigError('data.objective=mlm with an hf:PATH tokenizer is not supported yet; '
+                        'fine-tune a classifier (data.objective=classification).')
+    unk = vocab.token_id('[UNK]') if vocab.token_id('[UNK]') is not None else UNK
   train_ids, train_mask, cut = vocab.encode_batch(train_texts, max_len)
   eval_ids, eval_mask, eval_cut = vocab.encode_batch(eval_texts, max_len)
   if cut or eval_cut:
@@ -184,7 +203,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
     if mlm:
       batch = mask_tokens(batch, rng, config.data.mask_rate, len(vocab))
     elif config.data.word_dropout:
-      batch = drop_words(batch, rng, config.data.word_dropout)
+      batch = drop_words(batch, rng, config.data.word_dropout, unk)
     return {k: v[rows] for k, v in batch.items()}
 
   return spec.Dataset(

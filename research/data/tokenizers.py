@@ -4,24 +4,29 @@ Every kind offers the same small interface (`Tokenizer`): `encode(text)`, `decod
 `vocab_size`, `save(path)`, and a `KIND` recorded in the saved file as `"type"`, so
 `load_tokenizer(path)` can read any of them back. The file formats are those training has always
 written ({"type": "char", "chars": [...]}, {"type": "word", "min_count": n, "tokens": [...]}), so
-older workdirs stay readable. A new kind (SentencePiece, a tokenizer.json) is one more class here
-and one entry in KINDS.
+older workdirs stay readable. A Hugging Face `tokenizer.json` (byte-level BPE, WordPiece, ...) is
+the kind 'hf', run by the `tokenizers` library and stored whole inside vocab.json
+({"type": "hf", "tokenizer": <tokenizer.json>}), so it travels like the others.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
+import tokenizers as hf_tokenizers
 
 from research.errors import ConfigError
 
 FILE = 'vocab.json'  # The tokenizer's file in a workdir (and in an export).
+HF_PREFIX = 'hf:'  # config.init_from=hf:PATH: a Hugging Face checkpoint folder (research/hf).
+HF_FILE = 'tokenizer.json'
 PAD, UNK, MASK = 0, 1, 2  # WordVocab's reserved ids.
 SPECIALS = ('[PAD]', '[UNK]', '[MASK]')
 
@@ -157,7 +162,88 @@ class WordVocab:
     return ' '.join(self.tokens[i] for i in np.asarray(ids).reshape(-1) if i != PAD)
 
 
-KINDS: dict[str, type] = {CharVocab.KIND: CharVocab, WordVocab.KIND: WordVocab}
+@dataclasses.dataclass(frozen=True)
+class HFTokenizer:
+  """A Hugging Face tokenizer.json, through the `tokenizers` library: ids exactly as
+  `AutoTokenizer` gives them (special tokens added as the file's post-processor says)."""
+
+  json_text: str  # The tokenizer.json, verbatim, so an export writes back the same file.
+  KIND = 'hf'
+
+  @functools.cached_property
+  def _tok(self) -> hf_tokenizers.Tokenizer:
+    tok = hf_tokenizers.Tokenizer.from_str(self.json_text)
+    # A saved file may pad or truncate batches; the data pipeline does both itself, explicitly.
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+  @classmethod
+  def from_file(cls, path: str) -> HFTokenizer:
+    """A tokenizer.json; ConfigError when it is missing or not one the library reads."""
+    if not os.path.exists(path):
+      raise ConfigError(f'{path} is missing: a Hugging Face checkpoint needs its tokenizer.json '
+                        '(AutoTokenizer.from_pretrained(...).save_pretrained(DIR) writes it).')
+    with open(path, encoding='utf-8') as f:
+      tok = cls(f.read())
+    try:
+      tok._tok  # noqa: B018 - parse now, so a bad file fails before any compute.
+    except Exception as e:  # noqa: BLE001 - the library raises its own types.
+      raise ConfigError(f'{path} is not a tokenizer.json the tokenizers library reads: {e}') from e
+    return tok
+
+  @classmethod
+  def from_json(cls, data: dict) -> HFTokenizer:
+    return cls(data['tokenizer'])
+
+  def save(self, path: str) -> None:
+    _write_json(path, {'type': self.KIND, 'tokenizer': self.json_text})
+
+  def save_hf(self, path: str) -> None:
+    """The tokenizer.json itself (what from_pretrained reads)."""
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(self.json_text)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  def token_id(self, token: str) -> int | None:
+    return self._tok.token_to_id(token)
+
+  def encode(self, text: str, what: str = 'text') -> np.ndarray:
+    """int32 ids, with the special tokens the file's post-processor adds (`what` unused)."""
+    return np.array(self._tok.encode(text).ids, np.int32)
+
+  def encode_batch(self, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids_NxL right-padded with 0, 0/1 mask_NxL, number of texts cut at max_len)."""
+    rows = [e.ids for e in self._tok.encode_batch(list(texts))]
+    ids = np.zeros((len(rows), max_len), np.int32)
+    for i, row in enumerate(rows):
+      ids[i, :min(len(row), max_len)] = row[:max_len]
+    mask = np.arange(max_len)[None, :] < np.array([len(r) for r in rows])[:, None]
+    return ids, mask.astype(np.int32), sum(len(r) > max_len for r in rows)
+
+  def decode(self, ids) -> str:
+    return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
+                            skip_special_tokens=False)
+
+
+def hf_folder(init_from: str) -> str | None:
+  """The folder of `config.init_from=hf:PATH`, or None for any other value."""
+  if not init_from.startswith(HF_PREFIX):
+    return None
+  return os.path.abspath(os.path.expanduser(init_from[len(HF_PREFIX):]))
+
+
+def hf_tokenizer(init_from: str) -> HFTokenizer | None:
+  """The tokenizer.json of an `hf:PATH` init_from (a dataset then uses it), else None."""
+  folder = hf_folder(init_from)
+  return None if folder is None else HFTokenizer.from_file(os.path.join(folder, HF_FILE))
+
+
+KINDS: dict[str, type] = {CharVocab.KIND: CharVocab, WordVocab.KIND: WordVocab,
+                          HFTokenizer.KIND: HFTokenizer}
 
 
 def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
@@ -172,6 +258,6 @@ def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
   if saved not in KINDS:
     raise ConfigError(f'{path} holds a tokenizer of unknown type {saved!r}; known: '
                       f'{sorted(KINDS)}.')
-  if kind is not None and saved != kind:
+  if kind is not None and saved not in (kind, HFTokenizer.KIND):  # Any text data takes 'hf'.
     raise ConfigError(f'{path} holds a {saved!r} tokenizer; this dataset uses {kind!r}.')
   return KINDS[saved].from_json(data)

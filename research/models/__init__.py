@@ -46,7 +46,8 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, Meta], nn.Module]] = {
 CHOICES = {'name': tuple(MODELS), 'activation': tuple(mlp.ACTIVATIONS), 'norm': blocks.NORMS,
            'mlp': blocks.MLPS, 'positions': blocks.POSITIONS,
            'attention_impl': attention.IMPLEMENTATIONS, 'remat': tuple(blocks.REMAT_POLICIES),
-           'pooling': encoder.POOLINGS}
+           'pooling': encoder.POOLINGS, 'norm_position': blocks.NORM_POSITIONS,
+           'gelu': blocks.GELUS}
 
 
 def get_model(cfg: ml_collections.ConfigDict, meta: Meta) -> nn.Module:

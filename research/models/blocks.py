@@ -21,6 +21,8 @@ from research.models.dropout import Dropout
 NORMS = ('layernorm', 'rmsnorm')
 MLPS = ('gelu', 'swiglu')
 POSITIONS = ('learned', 'rotary')
+NORM_POSITIONS = ('pre', 'post')
+GELUS = ('exact', 'tanh')
 REMAT_POLICIES = {
     'none': None,
     'full': None,  # Save nothing: recompute the whole block in the backward pass.
@@ -53,6 +55,11 @@ class TransformerConfig:
   scan_layers: bool
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  layernorm_epsilon: float
+  norm_position: str  # 'pre' (GPT-2) | 'post' (BERT: embedding norm, no final norm).
+  gelu: str  # 'exact' | 'tanh' (GPT-2's gelu_new).
+  type_vocab_size: int  # Encoder token-type (segment) embeddings; 0 = none.
+  pooler: bool  # Encoder classifier: BERT's dense + tanh on the pooled vector.
   decode: bool = False  # Not a config key: lm.decoder() switches it on for cached generation.
 
   @property
@@ -70,7 +77,9 @@ def transformer_config(cfg: ml_collections.ConfigDict, max_len: int) -> Transfor
       positions=cfg.positions, rotary_base=cfg.rotary_base, use_bias=cfg.use_bias,
       init_std=cfg.init_std, attention_impl=cfg.attention_impl, remat=cfg.remat,
       scan_layers=bool(cfg.scan_layers), dtype=jnp.dtype(cfg.dtype),
-      param_dtype=jnp.dtype(cfg.param_dtype))
+      param_dtype=jnp.dtype(cfg.param_dtype), layernorm_epsilon=float(cfg.layernorm_epsilon),
+      norm_position=cfg.norm_position, gelu=cfg.gelu, type_vocab_size=cfg.type_vocab_size,
+      pooler=bool(cfg.pooler))
 
 
 def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
@@ -78,10 +87,25 @@ def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
   if cfg.norm == 'rmsnorm':
     return nn.RMSNorm(epsilon=1e-6, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                       scale_init=scale_init, name=name)
-  return nn.LayerNorm(epsilon=1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype,
+  return nn.LayerNorm(epsilon=cfg.layernorm_epsilon, use_bias=cfg.use_bias, dtype=cfg.dtype,
                       param_dtype=cfg.param_dtype, scale_init=scale_init, name=name,
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                              ('norm',)))
+
+
+def embed_norm(cfg: TransformerConfig, x_BxLxE: jax.Array) -> jax.Array:
+  """Post-norm models (BERT) normalize the summed embeddings; pre-norm ones leave them."""
+  return make_norm(cfg, 'embed_norm')(x_BxLxE) if cfg.norm_position == 'post' else x_BxLxE
+
+
+def final_norm(cfg: TransformerConfig, x_BxLxE: jax.Array) -> jax.Array:
+  """Pre-norm stacks end un-normalized, so they get a final norm; post-norm ones do not."""
+  return make_norm(cfg, 'final_norm')(x_BxLxE) if cfg.norm_position == 'pre' else x_BxLxE
+
+
+def gelu(cfg: TransformerConfig, x: jax.Array) -> jax.Array:
+  """Exact GELU (BERT, nanoGPT), or the tanh approximation (GPT-2's `gelu_new`)."""
+  return nn.gelu(x, approximate=cfg.gelu == 'tanh')
 
 
 def residual_init_std(cfg: TransformerConfig) -> float:
@@ -110,12 +134,13 @@ class Mlp(nn.Module):
       gate = self._dense(cfg.d_ff, ('embed', 'mlp'), cfg.init_std, 'gate')(x_BxLxE)
       h_BxLxF = nn.silu(gate) * up
     else:
-      h_BxLxF = nn.gelu(up, approximate=False)  # Exact GELU, as GPT-2 / nanoGPT.
+      h_BxLxF = gelu(cfg, up)
     return self._dense(cfg.d_model, ('mlp', 'embed'), residual_init_std(cfg), 'down')(h_BxLxF)
 
 
 class Block(nn.Module):
-  """x + Attn(Norm(x)), then x + Mlp(Norm(x)); dropout on each residual branch."""
+  """Pre-norm: x + Attn(Norm(x)), then x + Mlp(Norm(x)). Post-norm (BERT, the original
+  Transformer): Norm(x + Attn(x)), then Norm(x + Mlp(x)). Dropout on each residual branch."""
 
   cfg: TransformerConfig
 
@@ -126,7 +151,9 @@ class Block(nn.Module):
     cfg = self.cfg
     dropout = Dropout(cfg.dropout_rate)
     drop = lambda h: dropout(h, rows, deterministic=not train)
-    h = make_norm(cfg, 'attn_norm')(x_BxLxE)
+    pre = cfg.norm_position == 'pre'
+    attn_norm, mlp_norm = make_norm(cfg, 'attn_norm'), make_norm(cfg, 'mlp_norm')
+    h = attn_norm(x_BxLxE) if pre else x_BxLxE
     h = Attention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
         rotary=cfg.positions == 'rotary', rotary_base=cfg.rotary_base,
@@ -136,8 +163,11 @@ class Block(nn.Module):
         name='attn')(h, mask=mask, is_causal=is_causal, positions_L=positions_L,
                      decode_index=decode_index, train=train, rows=rows)
     x_BxLxE = x_BxLxE + drop(h)
-    h = Mlp(cfg, name='mlp')(make_norm(cfg, 'mlp_norm')(x_BxLxE))
-    return x_BxLxE + drop(h)
+    if not pre:
+      x_BxLxE = attn_norm(x_BxLxE)
+    h = Mlp(cfg, name='mlp')(mlp_norm(x_BxLxE) if pre else x_BxLxE)
+    x_BxLxE = x_BxLxE + drop(h)
+    return x_BxLxE if pre else mlp_norm(x_BxLxE)
 
 
 class _ScanLayer(nn.Module):

@@ -30,7 +30,9 @@ from research.errors import ConfigError
 from research.models import blocks
 from research.models.dropout import Dropout
 
-POOLINGS = ('cls', 'mean')
+# cls: a learned [CLS] vector prepended; first: the input's own first token (a [CLS] the tokenizer
+# added, as BERT's); mean: the mean over valid tokens.
+POOLINGS = ('cls', 'first', 'mean')
 HEADS = ('classifier', 'mlm')
 
 
@@ -87,9 +89,10 @@ class TransformerEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, input_mask: jax.Array | None = None,
-               mlm_positions: jax.Array | None = None, *, train: bool = False,
-               rows: jax.Array | None = None) -> jax.Array:
-    """`rows`: each example's row in the global batch (keys its dropout masks)."""
+               mlm_positions: jax.Array | None = None, token_types: jax.Array | None = None, *,
+               train: bool = False, rows: jax.Array | None = None) -> jax.Array:
+    """`rows`: each example's row in the global batch (keys its dropout masks). `token_types`:
+    BERT's segment ids (model.type_vocab_size > 0; None = all 0, a single sentence)."""
     cfg = self.cfg
     embed = None
     if self.vocab_size:
@@ -114,13 +117,18 @@ class TransformerEncoder(nn.Module):
     if cfg.positions == 'learned':
       table = self._param('position_embed', (cfg.max_len, cfg.d_model), ('length', 'embed'))
       x_BxLxE = x_BxLxE + table[:total][None]
+    if cfg.type_vocab_size:
+      types = self._param('type_embed', (cfg.type_vocab_size, cfg.d_model), (None, 'embed'))
+      x_BxLxE = x_BxLxE + (table_rows(types, token_types) if token_types is not None
+                           else types[0][None, None])
+    x_BxLxE = blocks.embed_norm(cfg, x_BxLxE)
     x_BxLxE = Dropout(cfg.dropout_rate)(x_BxLxE, rows, deterministic=not train)
     # Bidirectional: every query sees every valid key; padded keys are never attended.
     attn_mask = None if mask_BxL is None else mask_BxL[:, None, None, :]
     x_BxLxE = blocks.TransformerStack(cfg, name='stack')(
         x_BxLxE, mask=attn_mask, is_causal=False, positions_L=positions_L, train=train,
         rows=rows)
-    x_BxLxE = blocks.make_norm(cfg, 'final_norm')(x_BxLxE)
+    x_BxLxE = blocks.final_norm(cfg, x_BxLxE)
     if self.head == 'mlm':
       x_BxLxE = x_BxLxE[:, total - length:]  # Drop [CLS]: one output per input token.
       if mlm_positions is not None:
@@ -130,27 +138,32 @@ class TransformerEncoder(nn.Module):
 
   def _classify(self, x_BxLxE: jax.Array, mask_BxL: jax.Array | None, train: bool,
                 rows: jax.Array | None) -> jax.Array:
-    if self.pooling == 'cls':
+    if self.pooling in ('cls', 'first'):
       pooled_BxE = x_BxLxE[:, 0]
     elif mask_BxL is None:
       pooled_BxE = x_BxLxE.mean(axis=1)
     else:  # Mean over valid tokens only; an all-padding row (padded eval example) gives zeros.
       weights = mask_BxL.astype(x_BxLxE.dtype)[..., None]
       pooled_BxE = (x_BxLxE * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    if self.cfg.pooler:  # BERT's pooler, which BertForSequenceClassification puts before its head.
+      pooled_BxE = jnp.tanh(self._dense(self.cfg.d_model, ('embed', 'mlp'), 'pooler')(pooled_BxE))
     pooled_BxE = Dropout(self.cfg.dropout_rate)(pooled_BxE, rows, deterministic=not train)
     logits_BxC = self._dense(self.num_outputs, ('embed', 'classes'), 'head')(pooled_BxE)
     return logits_BxC.astype(jnp.float32)
 
   def _mlm_logits(self, x_BxLxE: jax.Array, embed: nn.Embed) -> jax.Array:
     """BERT's MLM head: dense + GELU + norm, then the (tied) token embedding and a bias."""
-    h = nn.gelu(self._dense(self.cfg.d_model, ('embed', 'mlp'), 'mlm_dense')(x_BxLxE),
-                approximate=False)
+    h = blocks.gelu(self.cfg, self._dense(self.cfg.d_model, ('embed', 'mlp'), 'mlm_dense')(x_BxLxE))
     h = blocks.make_norm(self.cfg, 'mlm_norm')(h)
     bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                ('vocab',)),
                       (self.num_outputs,), self.cfg.param_dtype)
     logits_BxLxV = embed.attend(h) + bias.astype(self.cfg.dtype)
     return logits_BxLxV.astype(jnp.float32)
+
+
+def table_rows(table_VxE: jax.Array, ids: jax.Array) -> jax.Array:
+  return jnp.take(table_VxE, ids.astype(jnp.int32), axis=0)
 
 
 def sequence_length(cfg: ml_collections.ConfigDict, meta: Meta) -> tuple[int, int]:

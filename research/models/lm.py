@@ -55,11 +55,12 @@ class TransformerLM(nn.Module):
                                                       ('length', 'embed')),
                          (cfg.max_len, cfg.d_model), cfg.param_dtype)
       x_BxLxE = x_BxLxE + jnp.take(table, positions_L, axis=0).astype(cfg.dtype)[None]
+    x_BxLxE = blocks.embed_norm(cfg, x_BxLxE)
     x_BxLxE = Dropout(cfg.dropout_rate)(x_BxLxE, rows, deterministic=not train)
     x_BxLxE = blocks.TransformerStack(cfg, name='stack')(
         x_BxLxE, mask=mask, is_causal=is_causal, positions_L=positions_L, decode_index=start,
         train=train, rows=rows)
-    x_BxLxE = blocks.make_norm(cfg, 'final_norm')(x_BxLxE)
+    x_BxLxE = blocks.final_norm(cfg, x_BxLxE)
     if self.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxE)
     else:

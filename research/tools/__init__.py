@@ -3,7 +3,8 @@
   dryrun.py      --mode=dryrun: compile the step from shapes, per-device memory.
   benchmark.py   --mode=benchmark: compile time, step time, FLOPs (flops.py), MFU, profile.
   sample.py      --mode=sample: text from a language model's checkpoint.
-  export.py      --mode=export: params, StableHLO programs (export_programs.py), inference.py.
+  export.py      --mode=export: params, StableHLO programs (export_programs.py), inference.py;
+  export_hf.py   --mode=export --format=hf: a Hugging Face checkpoint folder (research/hf).
   sweep.py       grids of config overrides; sweep_run.py runs them (--mode=sweep).
   report.py      --mode=report: a sweep's table, statistics and plots (report_plots.py).
 """

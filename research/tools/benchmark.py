@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import build, config_checks, data, parallel
+from research import build, config_checks, data, hf, parallel
 from research.errors import ConfigError
 from research.tools import flops, op_profile
 from research.train import train_and_evaluate
@@ -210,6 +210,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.check_train_config(config)
   check_benchmark_config(config)
   config_checks.check_workdir(workdir)
+  config = hf.configure(config)  # init_from=hf:PATH: the architecture its config.json gives.
   load_start = os.getloadavg()[0]
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   p_train, state, layout, num_params = build_step(config, dataset)

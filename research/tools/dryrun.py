@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import build, config_checks, data
+from research import build, config_checks, data, hf
 
 PyTree = Any
 
@@ -103,6 +103,7 @@ def format_report(report: dict) -> str:
 def dryrun(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   """Checks the config, compiles the step for the current devices, prints and returns the report."""
   config_checks.check_train_config(config)
+  config = hf.configure(config)  # init_from=hf:PATH: the architecture its config.json gives.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count())
   report = memory_report(config, dataset)
   if jax.process_index() == 0:

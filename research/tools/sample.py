@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import build, data, models
+from research import build, data, hf, models
 from research.errors import ConfigError
 from research.models.decode import check_sample_args, encode_prompt, make_sampler
 
@@ -26,6 +26,7 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str, *, prom
                         num_tokens: int, temperature: float, top_k: int, seed: int) -> str:
   """The prompt and num_tokens sampled tokens (decoded) from WORKDIR's latest checkpoint."""
   check_sample_args(num_tokens, temperature, top_k)
+  config = hf.configure(config, verbose=False)  # init_from=hf:PATH: the model training built.
   spec = data.get_spec(config.data.name)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
