@@ -179,6 +179,17 @@ def _read_json(path: str) -> dict | None:
     return json.load(f)
 
 
+def restore_model(config: ml_collections.ConfigDict, workdir: str, spec: DatasetSpec,
+                  meta: Meta, step: int | None) -> tuple:
+  """(model, input signature, step, params) of a run's checkpoint, on one device."""
+  model = models.get_model(portable_model_config(config), meta)
+  signature, _ = input_signature(spec, meta, model)
+  example = dict(zip(signature, random_inputs(signature, 1, np.random.default_rng(0)),
+                     strict=True))
+  step, params = build.restore_params(config, workdir, model, example, step)
+  return model, signature, step, params
+
+
 def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True) -> dict:
   """Writes WORKDIR/export/ (replacing an older one only once the new one is complete).
 
@@ -195,11 +206,7 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
   if meta.task not in PROGRAMS:
     raise ConfigError(f'This is a {meta.task!r} run; export serves {" and ".join(PROGRAMS)} '
                       'models (for a pre-training run, export the run fine-tuned from it).')
-  model = models.get_model(portable_model_config(config), meta)
-  signature, _ = input_signature(spec, meta, model)
-  example = dict(zip(signature, random_inputs(signature, 1, np.random.default_rng(0)),
-                     strict=True))
-  step, params = build.restore_params(config, workdir, model, example, step)
+  model, signature, step, params = restore_model(config, workdir, spec, meta, step)
   t_restore = time.perf_counter()
 
   tmp = tempfile.mkdtemp(prefix='.export-tmp-', dir=workdir)

@@ -22,20 +22,18 @@ import tempfile
 
 import numpy as np
 
-from research import build, data, hf, models
+from research import data, hf
 from research.config import complete_model_config
 from research.data.tokenizers import HFTokenizer
 from research.errors import ConfigError, RunError
 from research.hf import files
 from research.tools.export import (
   flatten_params,
-  input_signature,
   load_run_config,
-  portable_model_config,
   replace_dir,
   resolve_checkpoint,
+  restore_model,
 )
-from research.tools.export_programs import random_inputs
 
 EXPORT_DIR = 'export_hf'
 
@@ -54,11 +52,7 @@ def export_hf(workdir: str, checkpoint: str = 'latest') -> dict:
   if meta.task == 'classification' and not cfg.pooler:
     raise ConfigError('BertForSequenceClassification has a pooler: export a run trained with '
                       'config.model.pooler=True (init_from=hf:PATH sets it).')
-  model = models.get_model(portable_model_config(config), meta)
-  signature, _ = input_signature(spec, meta, model)
-  example = dict(zip(signature, random_inputs(signature, 1, np.random.default_rng(0)),
-                     strict=True))
-  step, params = build.restore_params(config, workdir, model, example, step)
+  _, _, step, params = restore_model(config, workdir, spec, meta, step)
   flat = flatten_params(params)
   tensors = hf.to_hf(flat, cfg)
   source = os.path.join(workdir, hf.SOURCE)
