@@ -8,8 +8,11 @@ network and hang, so we check the files we need before calling it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -85,22 +88,48 @@ def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | N
   train step, so the first run decodes with TFDS and saves `.npz`; later runs skip TensorFlow.
   """
   data_dir = data_dir or default_data_dir()
+  arrays = _read_cache(name, split, data_dir)
+  if arrays is not None:
+    return arrays
+  # Several processes started together (srun -n 2) on a fresh data dir: the first builds and
+  # decodes, the others wait on the lock and then read what it wrote.
+  with build_lock(data_dir, name):
+    arrays = _read_cache(name, split, data_dir)
+    if arrays is not None:
+      return arrays
+    import tensorflow_datasets as tfds
+
+    builder = build(name, data_dir, manual_dir, required_files)
+    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+    # Text features decode to object arrays of bytes; fixed-width bytes ('S') save without pickle.
+    arrays = {k: np.asarray(v).astype(np.bytes_) if np.asarray(v).dtype == object
+              else np.asarray(v) for k, v in arrays.items()}
+    cache = _cache_path(name, split, data_dir, str(builder.data_path))
+    tmp = cache + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache)  # Atomic: a killed run never leaves a half-written cache.
+  return arrays
+
+
+@contextlib.contextmanager
+def build_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive lock per dataset in `data_dir` (flock: released even when a holder is killed)."""
+  os.makedirs(data_dir, exist_ok=True)
+  path = os.path.join(data_dir, f'.{name.replace("/", "_")}.lock')
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_cache(name: str, split: str, data_dir: str) -> dict[str, np.ndarray] | None:
   cache = _cache_path(name, split, data_dir)
   if cache and os.path.exists(cache):
     with np.load(cache, allow_pickle=False) as f:
       return dict(f)
-  import tensorflow_datasets as tfds
-
-  builder = build(name, data_dir, manual_dir, required_files)
-  arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
-  # Text features decode to object arrays of bytes; fixed-width bytes ('S') save without pickle.
-  arrays = {k: np.asarray(v).astype(np.bytes_) if np.asarray(v).dtype == object else np.asarray(v)
-            for k, v in arrays.items()}
-  cache = _cache_path(name, split, data_dir, str(builder.data_path))
-  tmp = cache + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, cache)  # Atomic: a killed run never leaves a half-written cache.
-  return arrays
+  return None
 
 
 def _cache_path(name: str, split: str, data_dir: str, data_path: str | None = None) -> str | None:
