@@ -25,8 +25,11 @@ def get_config(preset: str = 'default'):
   c.model.activation = 'relu'
   c.model.dropout_rate = 0.2
 
-  c.data.name = 'mnist'
+  c.data.name = 'mnist'  # The TFDS dataset, read by the generic path (docs/data.md).
   c.data.manual_dir = default_manual_dir('mnist') or ''
+  c.data.inputs = 'image'  # uint8, 28x28x1.
+  c.data.targets = 'label'  # ClassLabel: 10 classes.
+  c.data.preprocess = 'value_range(0, 1)'  # float32 pixels in [0, 1].
 
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 1e-3

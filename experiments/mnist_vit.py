@@ -33,8 +33,11 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
   # The rest is base_config's: [CLS] pooling, a position table of patches + 1, pre-LayerNorm
   # blocks with GELU and learned positions.
 
-  c.data.name = 'mnist'
+  c.data.name = 'mnist'  # The TFDS dataset, read by the generic path (docs/data.md).
   c.data.manual_dir = default_manual_dir('mnist') or ''
+  c.data.inputs = 'image'  # uint8, 28x28x1.
+  c.data.targets = 'label'  # ClassLabel: 10 classes.
+  c.data.preprocess = 'value_range(0, 1)'  # float32 pixels in [0, 1].
 
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 1e-3

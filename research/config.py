@@ -37,6 +37,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.manual_dir = ''  # Source files for an offline build; '' = TFDS downloads them.
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
+  # Any other name than tiny_shakespeare, sst2, mnist1d is read generically (docs/data.md): a
+  # TFDS dataset ('name', 'name:version', 'name/config'), or the experiment's own data below.
+  c.data.inputs = 'image'  # The feature the model reads.
+  c.data.targets = 'label'  # The class-id feature; '' = a language model over `inputs` text.
+  # Ops run per batch, 'op(args)|op2' (research/data/preprocess.py); random ones train only.
+  c.data.preprocess = 'value_range(0, 1)'
+  # 'FILE' or 'FILE:FUNCTION' (default get_data): the experiment's own data, {split: arrays};
+  # '' = the TFDS dataset data.name (research/data/own_data.py).
+  c.data.get_data = ''
+  c.data.num_classes = 0  # Own data: classes; 0 = the largest label + 1 (TFDS: its ClassLabel).
+  # Let TFDS download an unbuilt dataset that has no manual dir (needs internet: offline it
+  # would hang, so by default that is an error instead).
+  c.data.download = False
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # adamw | sgd | adafactor | lion

@@ -17,7 +17,7 @@ import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
 from research import models
 from research.config import base_config
-from research.data import mnist
+from research.data import generic
 from research.data.spec import Meta
 
 LM_VOCAB = 65  # Tiny Shakespeare's characters.
@@ -40,9 +40,7 @@ def mnist_smoke_config(data_dir: str = '/nonexistent') -> ml_collections.ConfigD
 
 def ensure_mnist(data_dir: str) -> None:
   """Builds/caches MNIST once in this process, so concurrent runs only read it."""
-  data = mnist_smoke_config(data_dir).data
-  for split in ('train', 'test'):
-    mnist.load_split(data, split)
+  generic.load_splits(mnist_smoke_config(data_dir))
 
 
 def wait_for_metrics(path: str, timeout: float = 120) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from research import data
-from research.data import tokenizers
+from research.data import generic, tokenizers
 from research.data.spec import Meta
 from research.data.tokenizers import CharVocab, WordVocab, load_tokenizer
 from research.errors import ConfigError
@@ -61,7 +61,6 @@ def test_text_inputs_for_inference_are_the_training_encoding():
 
 
 @pytest.mark.parametrize('name, config, saved', [
-    ('mnist', {}, None),
     ('mnist1d', {}, None),
     ('tiny_shakespeare', {'block_size': 32}, OLD_CHAR_FILE),
     ('sst2', {'objective': 'classification', 'max_len': 64}, OLD_WORD_FILE),
@@ -78,6 +77,6 @@ def test_a_workdirs_meta_round_trips_through_json(tmp_path, name, config, saved)
                        else 'lm' if name == 'tiny_shakespeare' else 'classification')
 
 
-def test_unknown_dataset_names_the_closest():
-  with pytest.raises(ConfigError, match="Unknown dataset config.data.name='mnist2d'.*mnist1d"):
-    data.get_spec('mnist2d')
+def test_a_name_no_module_claims_is_read_generically():
+  assert isinstance(data.get_spec('mnist2d'), generic.GenericSpec)
+  assert data.get_spec('mnist1d') is data.DATASETS['mnist1d']

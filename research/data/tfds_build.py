@@ -2,13 +2,14 @@
 
 TFDS looks for each source file in `manual_dir` by the name in its checksum list and verifies size
 and sha256, so a manual dir gives byte-for-byte the dataset a download would. Without a manual dir
-TFDS downloads as usual. Offline, an unbuilt dataset with no manual dir would make TFDS try the
-network and hang, so we check the files we need before calling it.
+TFDS downloads only when `download` is set (config.data.download): offline, an unbuilt dataset with
+no manual dir would make TFDS try the network and hang, so we check before calling it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import os
 import re
@@ -32,19 +33,45 @@ def default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
 
-def build(name: str, data_dir: str | None, manual_dir: str | None,
-          required_files: tuple[str, ...] = ()):
-  """Returns a prepared TFDS builder, building it from `manual_dir` (or the network) if needed."""
+def get_builder(name: str, data_dir: str | None):
+  """The TFDS builder of `name` (registered, or stored in `data_dir` by
+  tfds.dataset_builders.store_as_tfds_dataset); ConfigError with close names if none."""
   import tensorflow_datasets as tfds  # Imported lazily: it pulls in TensorFlow.
 
   data_dir = data_dir or default_data_dir()
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ConfigError(f'TFDS has no dataset named {name!r}: {e}') from e
+    bare = name.split(':')[0].split('/')[0]
+    local = sorted(d for d in os.listdir(data_dir) if not d.startswith(('.', 'downloads'))
+                   ) if os.path.isdir(data_dir) else []
+    close = difflib.get_close_matches(bare, sorted(set(tfds.list_builders()) | set(local)), n=3)
+    hint = f' Close names: {", ".join(close)}.' if close else ''
+    raise ConfigError(f'config.data.name={name!r}: TFDS has no such dataset, and none is stored '
+                      f'in data_dir {data_dir}.{hint}') from e
+
+
+def build(name: str, data_dir: str | None, manual_dir: str | None,
+          required_files: tuple[str, ...] | None = None, download: bool = True):
+  """Returns a prepared TFDS builder, building it from `manual_dir` (or the network, when
+  `download`) if needed. `required_files`: the source files a manual dir must hold; None = the
+  file names of the builder's checksum list."""
+  import tensorflow_datasets as tfds
+
+  data_dir = data_dir or default_data_dir()
+  builder = get_builder(name, data_dir)
   if _is_prepared(builder):
     return builder
+  if not manual_dir and not download:
+    raise ConfigError(
+        f'Dataset {name!r} is not built in data_dir {data_dir} and no manual dir is given. Fix: '
+        'point --config.data.manual_dir at its source files, --config.data.data_dir at a data '
+        'dir where it is built, or set --config.data.download=True to let TFDS download it '
+        '(needs internet; offline TFDS would hang).')
   if manual_dir:
+    if required_files is None:
+      required_files = tuple(sorted(info.filename or url.rsplit('/', 1)[-1]
+                                    for url, info in (builder.url_infos or {}).items()))
     missing = [f for f in required_files if not os.path.exists(os.path.join(manual_dir, f))]
     if not os.path.isdir(manual_dir) or missing:
       problem = ('does not exist' if not os.path.isdir(manual_dir)
@@ -81,7 +108,8 @@ def _is_prepared(builder) -> bool:
 
 
 def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | None,
-                required_files: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+                required_files: tuple[str, ...] | None = (),
+                download: bool = True) -> dict[str, np.ndarray]:
   """A whole split as numpy arrays, decoded once and cached beside the TFDS files.
 
   Small datasets live in memory: decoding a PNG per record on every epoch costs ~20x more than the
@@ -99,7 +127,7 @@ def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | N
       return arrays
     import tensorflow_datasets as tfds
 
-    builder = build(name, data_dir, manual_dir, required_files)
+    builder = build(name, data_dir, manual_dir, required_files, download)
     arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
     # Text features decode to object arrays of bytes; fixed-width bytes ('S') save without pickle.
     arrays = {k: np.asarray(v).astype(np.bytes_) if np.asarray(v).dtype == object

@@ -200,7 +200,7 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
   if not os.path.isdir(workdir):
     raise ConfigError(f'--workdir={workdir} does not exist.')
   config = load_run_config(workdir)
-  spec = data.get_spec(config.data.name)
+  spec = data.get_spec(config, workdir)
   step = resolve_checkpoint(config, workdir, checkpoint)
   meta = spec.read_meta(config, workdir)
   if meta.task not in PROGRAMS:

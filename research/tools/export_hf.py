@@ -46,7 +46,7 @@ def export_hf(workdir: str, checkpoint: str = 'latest') -> dict:
   config = load_run_config(workdir)
   cfg = complete_model_config(config.model)
   hf.configs.check_expressible(cfg, hf.model_type_of(cfg))
-  spec = data.get_spec(config.data.name)
+  spec = data.get_spec(config, workdir)
   step = resolve_checkpoint(config, workdir, checkpoint)
   meta = spec.read_meta(config, workdir)
   if meta.task == 'classification' and not cfg.pooler:

@@ -44,7 +44,7 @@ class Exported:
     with open(os.path.join(export_dir, 'config.json')) as f:
       self.config = ml_collections.ConfigDict(json.load(f))
     self.export_dir = export_dir
-    self.spec = data.get_spec(self.config.data.name)
+    self.spec = data.get_spec(self.config, export_dir)
     self.meta = Meta.from_json(self.manifest['model']['meta'])
     self.labels = self.manifest['model']['labels']
     self.tokenizer = self.spec.load_tokenizer(export_dir)

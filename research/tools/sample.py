@@ -27,7 +27,7 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str, *, prom
   """The prompt and num_tokens sampled tokens (decoded) from WORKDIR's latest checkpoint."""
   check_sample_args(num_tokens, temperature, top_k)
   config = hf.configure(config, verbose=False)  # init_from=hf:PATH: the model training built.
-  spec = data.get_spec(config.data.name)
+  spec = data.get_spec(config, workdir)
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
   if not steps:
