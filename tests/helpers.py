@@ -93,3 +93,28 @@ def lm_and_params(variant: str) -> tuple[nn.Module, dict]:
   config = tiny_lm_config(max_len=16, init_std=0.5, **LM_VARIANTS[variant])
   model = models.get_model(config.model, Meta(task='lm', vocab_size=LM_VOCAB, block_size=16))
   return model, init_lm_params(model, 16)
+
+
+def store_toy_tfds(data_dir: str, name: str = 'toy_shapes') -> None:
+  """A brand-new TFDS dataset no module of research/ knows, stored in DATA_DIR as any user's
+  would be (tfds.dataset_builders.store_as_tfds_dataset): 8x8x3 uint8 images whose class (one of
+  3) is which third of the image is bright, and a text feature; train 48, test 12 examples."""
+  import numpy as np
+  import tensorflow_datasets as tfds
+
+  def examples(n, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      label = i % 3
+      image = rng.integers(0, 60, (8, 8, 3), dtype=np.uint8)
+      image[:, label * 3:label * 3 + 2] += 180
+      text = ['one fish', 'two fish', 'red fish blue fish'][label]
+      yield i, {'image': image, 'label': label, 'caption': text}
+
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=name, version='1.0.0', data_dir=data_dir,
+      features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(8, 8, 3)),
+          'label': tfds.features.ClassLabel(names=['left', 'middle', 'right']),
+          'caption': tfds.features.Text()}),
+      split_datasets={'train': list(examples(48, 0)), 'test': list(examples(12, 1))})

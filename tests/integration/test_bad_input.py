@@ -63,6 +63,8 @@ def results(tmp_path_factory, data_dir):
                           f'--config.data.manual_dir={base}/no_such_dir'],
       'unwritable workdir': [f'--workdir={base}/a_file/run'],
       'changed model on resume': ['--config.model.activation=gelu'],
+      'missing feature': ['--config.data.inputs=pixels'],
+      'unknown preprocessing op': ['--config.data.preprocess=value_range(0, 1)|flipp'],
   }
   if victim:
     cases['corrupt source file'] = [f'--config.data.data_dir={base}/fresh_data',
@@ -91,6 +93,9 @@ EXPECT = {  # case: (exit code, texts the error message must contain)
     'missing dataset': (2, ['Tried: data_dir=', 'empty_data', 'manual_dir=', 'no_such_dir']),
     'unwritable workdir': (2, ['a_file/run', 'is not writable']),
     'changed model on resume': (2, ['refusing to resume', 'model.activation: "relu" -> "gelu"']),
+    'missing feature': (2, ["config.data.inputs='pixels'", 'it has: image uint8[28, 28, 1], '
+                                                           'label int64[]']),
+    'unknown preprocessing op': (2, ["unknown op 'flipp'", "'flip_lr'", "'value_range'"]),
     'corrupt source file': (2, ['t10k-labels-idx1-ubyte.gz fails the TFDS checksum',
                                 'expected f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb2']),
 }

@@ -1,0 +1,67 @@
+"""`launch.py` on data no module of research/ knows: a TFDS dataset built here in a temp data dir,
+and the experiment file's own get_data; each trains a few steps by config alone, and a bad name or
+get_data fails with one `error:` line, exit 2, before anything is written."""
+
+import json
+import os
+
+from conftest import require_shared_data, run_launch
+from helpers import store_toy_tfds
+
+SMOKE = ['--config=experiments/mnist_mlp.py:smoke', '--config.num_train_steps=6',
+         '--config.batch_size=8', '--config.eval_batch_size=4', '--config.log_every_steps=3',
+         '--config.eval_every_steps=6', '--config.checkpoint_every_steps=6',
+         '--config.model.widths=(16,)', '--config.progress_bar=False',
+         '--config.checkpoint.async_save=False']
+
+
+def errors_of(result):
+  return [x for x in (result.stdout + result.stderr).splitlines() if x.startswith('error:')]
+
+
+def test_a_new_tfds_dataset_trains_and_exports_by_config_alone(tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  store_toy_tfds(data_dir, 'brand_new_shapes')
+  workdir = tmp_path / 'run'
+  args = [*SMOKE, f'--workdir={workdir}', '--config.data.name=brand_new_shapes',
+          f'--config.data.data_dir={data_dir}', '--config.data.manual_dir=',
+          '--config.data.preprocess=value_range(0, 1)|random_crop(6, pad=1)|flip_lr']
+  result = run_launch(args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evals = [json.loads(line) for line in open(workdir / 'metrics.jsonl')
+           if '"eval"' in line]
+  assert evals and evals[-1]['step'] == 6 and 0 <= evals[-1]['accuracy'] <= 1
+  facts = json.load(open(workdir / 'dataset.json'))
+  assert facts['meta'] == {'task': 'classification', 'num_classes': 3, 'input_shape': [6, 6, 3]}
+  exported = run_launch(['--mode=export', f'--workdir={workdir}'])
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  manifest = json.load(open(workdir / 'export' / 'manifest.json'))
+  assert manifest['model']['labels'] == ['left', 'middle', 'right']
+  assert os.path.exists(workdir / 'export' / 'dataset.json')
+
+
+def test_the_own_data_example_trains(tmp_path):
+  require_shared_data('mnist')
+  result = run_launch(['--config=experiments/own_data_mnist.py:smoke',
+                       f'--workdir={tmp_path}', '--config.num_train_steps=4',
+                       '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(tmp_path / 'summary.json'))['step'] == 4
+  assert json.load(open(tmp_path / 'dataset.json'))['meta']['input_shape'] == [28, 28, 1]
+
+
+def test_an_unknown_name_and_a_bad_get_data_fail_before_anything_is_written(tmp_path, data_dir):
+  bad = tmp_path / 'bad_data.py'
+  bad.write_text('def get_data(config):\n  return [1, 2, 3]\n')
+  cases = {'unknown name': (['--config.data.name=cifar100x'],
+                            "config.data.name='cifar100x': TFDS has no such dataset"),
+           'bad get_data': ([f'--config.data.get_data={bad}'], 'must return {split: data}')}
+  for name, (extra, message) in cases.items():
+    workdir = tmp_path / name.replace(' ', '_')
+    result = run_launch([*SMOKE, f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+                         *extra])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = errors_of(result)
+    assert len(lines) == 1 and message in lines[0], lines
+    assert 'Traceback' not in result.stderr
+    assert not os.path.exists(workdir) or not os.listdir(workdir)
