@@ -44,6 +44,8 @@ def test_a_tfds_dataset_by_name_classifies_with_its_own_meta(toy_dir, tmp_path):
   assert spec.labels == ('left', 'middle', 'right') and 'dataset.json' in spec.assets
   raw = np.full((2, 8, 8, 3), 255, np.uint8)
   np.testing.assert_array_equal(spec.prepare(raw), np.ones((2, 6, 6, 3), np.float32))
+  prepared = np.full((2, 6, 6, 3), 0.5, np.float32)  # Already as training fed them: kept.
+  np.testing.assert_array_equal(spec.prepare(prepared), prepared)
 
 
 def test_a_text_feature_trains_a_language_model_or_a_text_classifier(toy_dir, tmp_path):

@@ -236,14 +236,15 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int = 0,
                                                  if config.data.targets else ' (LM)'),
                dataset.num_eval_examples, dataset.meta)
   if workdir and process_index == 0:
-    save_facts(workdir, dataset.meta, labels, kind, dataset.tokenizer)
+    save_facts(workdir, dataset.meta, labels, kind, dataset.tokenizer,
+               features[config.data.inputs].dtype)
   return dataset
 
 
 def save_facts(workdir: str, meta: Meta, labels: list[str], kind: str,
-               tokenizer: Tokenizer | None) -> None:
+               tokenizer: Tokenizer | None, stored_dtype: str) -> None:
   os.makedirs(workdir, exist_ok=True)
-  facts = {'meta': meta.to_json(), 'labels': labels, 'inputs': kind,
+  facts = {'meta': meta.to_json(), 'labels': labels, 'inputs': kind, 'stored_dtype': stored_dtype,
            'tokenizer': tokenizer.KIND if tokenizer else None}
   tmp = os.path.join(workdir, FACTS_FILE + '.tmp')
   with open(tmp, 'w') as f:
@@ -266,6 +267,7 @@ class GenericSpec(DatasetSpec):
   raw inputs are prepared for inference with the config's eval ops."""
 
   ops: str = ''
+  stored_dtype: str = ''  # The input feature's dtype on disk ('' = unknown).
 
   @property
   def assets(self) -> tuple[str, ...]:
@@ -275,7 +277,12 @@ class GenericSpec(DatasetSpec):
     return Meta.from_json(read_facts(workdir)['meta'])
 
   def prepare(self, inputs: np.ndarray) -> np.ndarray:
-    return _float(preprocess.apply(preprocess.parse(self.ops), np.asarray(inputs), train=False))
+    """Raw inputs as stored (e.g. uint8 pixels) through the eval ops; inputs already of
+    another dtype (prepared floats) as they are."""
+    inputs = np.asarray(inputs)
+    if self.stored_dtype and inputs.dtype != np.dtype(self.stored_dtype):
+      return inputs
+    return _float(preprocess.apply(preprocess.parse(self.ops), inputs, train=False))
 
 
 def meta_from_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta:
@@ -299,4 +306,5 @@ def make_spec(config: ml_collections.ConfigDict, directory: str | None = None) -
   inputs = facts.get('inputs') or ('tokens' if lm else 'array')
   return GenericSpec(d.name, get_dataset, meta_from_config, inputs=inputs,
                      preprocess=d.preprocess or 'the stored feature as it is',
-                     labels=tuple(facts.get('labels', ())), tokenizer=tok_kind, ops=d.preprocess)
+                     labels=tuple(facts.get('labels', ())), tokenizer=tok_kind, ops=d.preprocess,
+                     stored_dtype=facts.get('stored_dtype', ''))
