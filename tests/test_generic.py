@@ -2,9 +2,14 @@
 by config alone: its Meta from the data, batches through the op list, the facts saved for export,
 and a clear error for each bad name, key or unbuilt dataset."""
 
+import os
+import subprocess
+import sys
+
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO
 from helpers import store_toy_tfds
 
 from research import data
@@ -101,3 +106,19 @@ def test_the_experiments_own_data_goes_the_same_way(tmp_path):
   config.data.update(inputs='x', num_classes=3)
   with pytest.raises(ConfigError, match=r'span \[0, 3\], outside the 3 classes'):
     data.get_dataset(config)
+
+
+def test_a_cached_dataset_starts_without_tensorflow_and_knows_the_same_features(toy_dir):
+  config = toy_config(toy_dir)
+  _, from_tfds = generic.load_splits(config)  # Builds the caches, if no test did yet.
+  builder = generic.tfds_build.get_builder('toy_shapes', toy_dir)
+  assert generic.tfds_features(builder)['label'] == from_tfds['label']
+  _, cached = generic.cached_splits('toy_shapes', ('train', 'test'), toy_dir)
+  assert cached == from_tfds
+  code = ('import sys; from research import data; from research.config import base_config\n'
+          'c = base_config(); c.batch_size = c.eval_batch_size = 4\n'
+          f'c.data.update(name="toy_shapes", data_dir={toy_dir!r}, manual_dir="")\n'
+          'print(data.get_dataset(c).meta.num_classes, "tensorflow" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.stdout.split() == ['3', 'False'], out.stderr[-2000:]

@@ -57,9 +57,44 @@ def tfds_features(builder) -> dict[str, Feature]:
   return out
 
 
-def array_features(arrays: dict[str, np.ndarray]) -> dict[str, Feature]:
-  return {k: Feature(v.shape[1:], str(v.dtype), None, v.dtype.kind in 'SUO')
-          for k, v in arrays.items()}
+def array_features(arrays: dict[str, np.ndarray],
+                   class_names: dict[str, tuple[str, ...]] | None = None) -> dict[str, Feature]:
+  out = {}
+  for k, v in arrays.items():
+    text = v.dtype.kind in 'SUO'
+    out[k] = Feature(v.shape[1:], 'str' if text else str(v.dtype),
+                     (class_names or {}).get(k), text)
+  return out
+
+
+def cached_class_names(data_path: str) -> dict[str, tuple[str, ...]]:
+  """{feature: class names} of the ClassLabels in TFDS's features.json (names from
+  <feature>.labels.txt when TFDS wrote one, else '0', '1', ...)."""
+  with open(os.path.join(data_path, 'features.json')) as f:
+    features = json.load(f).get('featuresDict', {}).get('features', {})
+  out = {}
+  for key, feature in features.items():
+    if 'classLabel' in feature:
+      names_file = os.path.join(data_path, f'{key}.labels.txt')
+      if os.path.exists(names_file):
+        with open(names_file) as f:
+          out[key] = tuple(line.rstrip('\n') for line in f if line.strip())
+      else:
+        out[key] = tuple(map(str, range(int(feature['classLabel']['numClasses']))))
+  return out
+
+
+def cached_splits(name: str, splits: tuple[str, ...],
+                  data_dir: str) -> tuple[dict, dict[str, Feature]] | None:
+  """The splits and features from the .npz caches and TFDS's features.json alone, so a dataset
+  read before starts without importing TensorFlow; None when anything is not cached."""
+  path = tfds_build.prepared_path(name, data_dir)
+  if path is None or not os.path.exists(os.path.join(path, 'features.json')):
+    return None
+  arrays = {s: tfds_build.read_cache(name, s, data_dir) for s in splits}
+  if any(a is None for a in arrays.values()):
+    return None
+  return arrays, array_features(arrays[splits[0]], cached_class_names(path))
 
 
 def check_keys(config: ml_collections.ConfigDict, features: dict[str, Feature],
@@ -83,6 +118,10 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, dict[str, Feat
     check_keys(config, features, f'get_data ({d.get_data})')
     return arrays, features
   data_dir = d.data_dir or tfds_build.default_data_dir()
+  cached = cached_splits(d.name, splits, data_dir)
+  if cached:
+    check_keys(config, cached[1], f'TFDS dataset {d.name!r}')
+    return cached
   # The features are known before anything is built or decoded: a wrong key fails in seconds.
   builder = tfds_build.get_builder(d.name, data_dir)
   features = tfds_features(builder)

@@ -116,13 +116,13 @@ def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | N
   train step, so the first run decodes with TFDS and saves `.npz`; later runs skip TensorFlow.
   """
   data_dir = data_dir or default_data_dir()
-  arrays = _read_cache(name, split, data_dir)
+  arrays = read_cache(name, split, data_dir)
   if arrays is not None:
     return arrays
   # Several processes started together (srun -n 2) on a fresh data dir: the first builds and
   # decodes, the others wait on the lock and then read what it wrote.
   with build_lock(data_dir, name):
-    arrays = _read_cache(name, split, data_dir)
+    arrays = read_cache(name, split, data_dir)
     if arrays is not None:
       return arrays
     import tensorflow_datasets as tfds
@@ -152,7 +152,8 @@ def build_lock(data_dir: str, name: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_cache(name: str, split: str, data_dir: str) -> dict[str, np.ndarray] | None:
+def read_cache(name: str, split: str, data_dir: str) -> dict[str, np.ndarray] | None:
+  """The split's arrays cached by an earlier load_arrays, or None (read without TensorFlow)."""
   cache = _cache_path(name, split, data_dir)
   if cache and os.path.exists(cache):
     with np.load(cache, allow_pickle=False) as f:
@@ -160,15 +161,22 @@ def _read_cache(name: str, split: str, data_dir: str) -> dict[str, np.ndarray] |
   return None
 
 
+
+def prepared_path(name: str, data_dir: str) -> str | None:
+  """`<data_dir>/<name>/<newest prepared version>` found on disk, or None."""
+  root = os.path.join(data_dir, *name.split('/'))
+  versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  versions = [v for v in versions if re.fullmatch(r'\d+\.\d+\.\d+', v)
+              and os.path.exists(os.path.join(root, v, 'dataset_info.json'))]
+  if not versions:
+    return None
+  return os.path.join(root, max(versions, key=lambda v: tuple(map(int, v.split('.')))))
+
+
 def _cache_path(name: str, split: str, data_dir: str, data_path: str | None = None) -> str | None:
   """`<data_dir>/<name>/<version>/arrays-<split>.npz`; the version folder is found on disk."""
+  data_path = data_path or prepared_path(name, data_dir)
   if data_path is None:
-    root = os.path.join(data_dir, *name.split('/'))
-    versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
-    versions = [v for v in versions if v[:1].isdigit()
-                and os.path.exists(os.path.join(root, v, 'dataset_info.json'))]
-    if not versions:
-      return None
-    data_path = os.path.join(root, versions[-1])
+    return None
   safe_split = split.replace('[', '_').replace(']', '_').replace(':', '-').replace('%', 'pct')
   return os.path.join(data_path, f'arrays-{safe_split}.npz')
