@@ -30,7 +30,8 @@ def test_benchmark_reports_and_writes_json(data_dir, tmp_path, capsys):
   config.benchmark.update(warmup_steps=1, timed_steps=2, loop_log_intervals=1)
   report = benchmark.benchmark(config, str(tmp_path))
   out = capsys.readouterr().out
-  for row in ('compile', 'step (bare)', 'model FLOPs/step', 'MFU', 'full loop', 'memory/device'):
+  for row in ('compile', 'step (bare)', 'model FLOPs/step', 'MFU', 'CPU time', 'full loop',
+              'memory/device'):
     assert row in out
   saved = json.loads((tmp_path / 'benchmark.json').read_text())
   assert saved['model_flops_per_step'] == report['model_flops_per_step'] > 0
@@ -39,6 +40,7 @@ def test_benchmark_reports_and_writes_json(data_dir, tmp_path, capsys):
   assert 0 < saved['mfu_cpu_time'] < 1 and saved['cpu_seconds_per_step'] > 0
   assert saved['loop']['steps'] == 5 and 0 <= saved['loop']['input_wait_frac'] < 1
   assert saved['loop']['cpu_seconds_per_step'] > 0 and saved['loop_overhead_cpu_frac'] is not None
+  assert saved['user_seconds_per_step'] > 0 and saved['minor_page_faults_per_step'] >= 0
   assert len(saved['step_seconds_each_run']) == 2  # Bare steps before and after the loop.
   assert saved['memory_per_device_bytes']['peak_estimate'] > 0
   assert not os.path.exists(tmp_path / 'loop_run')  # The loop's scratch run is removed.

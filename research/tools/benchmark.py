@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
 import shutil
 import time
 from typing import Any
@@ -50,6 +51,7 @@ import numpy as np
 
 from research import build, config_checks, data, hf, parallel
 from research.errors import ConfigError
+from research.runtime import host
 from research.tools import flops, op_profile
 from research.train import train_and_evaluate
 
@@ -212,6 +214,8 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.check_workdir(workdir)
   config = hf.configure(config)  # init_from=hf:PATH: the architecture its config.json gives.
   load_start = os.getloadavg()[0]
+  if config.get('malloc_keep_freed_memory'):
+    host.keep_freed_memory()  # As train.py does.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   p_train, state, layout, num_params = build_step(config, dataset)
   bench = config.benchmark
@@ -222,12 +226,16 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   peak, peak_source, peak_per_cpu_second = peak_flops(config)
   state = run_steps(compiled, state, batches, bench.warmup_steps)
   runs = []  # (wall, CPU) seconds per step of each timed run.
+  usage = []  # (user CPU s, system CPU s, minor page faults) per step of each timed run.
 
   def timed_run(state):
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, r0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     state = run_steps(compiled, state, batches, bench.timed_steps)
     runs.append(((time.perf_counter() - t0) / bench.timed_steps,
                  (time.process_time() - c0) / bench.timed_steps))
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    usage.append(tuple((getattr(r1, k) - getattr(r0, k)) / bench.timed_steps
+                       for k in ('ru_utime', 'ru_stime', 'ru_minflt')))
     return state
 
   state = timed_run(state)
@@ -244,6 +252,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ops = {'trace_dir': log_dir, 'by_kind': op_profile.breakdown(xplane, bench.profile_steps)}
   del state
   step_s, cpu_step_s = (float(np.mean(x)) for x in zip(*runs, strict=True))
+  user_s, sys_s, faults = (float(np.mean(x)) for x in zip(*usage, strict=True))
   if peak_per_cpu_second:  # CPU: measured once more after the steps, the best of both kept.
     again = matmul_peak(config.model.get('dtype', 'float32'), CPU_MATMUL_SIZES)
     peak, peak_per_cpu_second = max(peak, again[0]), max(peak_per_cpu_second, again[1])
@@ -290,6 +299,11 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # CPU only: the same ratio in CPU time (this process's, all threads), which other processes
       # on a shared host do not inflate as they do wall time.
       'cpu_seconds_per_step': cpu_step_s if peak_per_cpu_second else None,
+      # The bare step's CPU time split (user: compute and spinning; system: the kernel, e.g.
+      # page faults) and its minor page faults, per step, this process (all threads).
+      'user_seconds_per_step': user_s, 'system_seconds_per_step': sys_s,
+      'minor_page_faults_per_step': faults,
+      'threads': len(os.listdir('/proc/self/task')) if os.path.isdir('/proc/self/task') else None,
       'peak_flops_per_cpu_second': peak_per_cpu_second,
       'mfu_cpu_time': (model_flops / cpu_step_s / peak_per_cpu_second
                        if model_flops and peak_per_cpu_second else None),
@@ -351,6 +365,10 @@ def format_report(r: dict) -> str:
           f' (in CPU time: {pct(r["mfu_cpu_time"])}; {r["cpu_seconds_per_step"]:.3g} CPU-s/step, '
           f'peak {_si(r["peak_flops_per_cpu_second"], "FLOP")} per CPU-s)'
           if r['mfu_cpu_time'] else '')),
+      ('CPU time', f'{1e3 * r["user_seconds_per_step"]:.1f} ms user + '
+                   f'{1e3 * r["system_seconds_per_step"]:.1f} ms system per step, '
+                   f'{r["minor_page_faults_per_step"]:,.0f} minor page faults per step '
+                   f'(this process, all threads: {r["threads"] or "n/a"})'),
       ('memory/device', f'{mib(mem.get("peak_estimate"))} XLA peak estimate (arguments '
                         f'{mib(mem.get("arguments"))} + outputs {mib(mem.get("outputs"))} - '
                         f'donated {mib(mem.get("donated"))} + temp {mib(mem.get("temp"))}); '
