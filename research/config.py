@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.manual_dir = ''  # Source files for an offline build; '' = TFDS downloads them.
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
-  # Any other name than tiny_shakespeare, sst2, mnist1d is read generically (docs/data.md): a
+  # Any other name than tiny_shakespeare, sst2, mnist1d, lm_corpus is read generically (docs/data.md): a
   # TFDS dataset ('name', 'name:version', 'name/config'), or the experiment's own data below.
   c.data.inputs = 'image'  # The feature the model reads.
   c.data.targets = 'label'  # The class-id feature; '' = a language model over `inputs` text.
@@ -53,6 +53,19 @@ def base_config() -> ml_collections.ConfigDict:
   # Let TFDS download an unbuilt dataset that has no manual dir (needs internet: offline it
   # would hang, so by default that is an error instead).
   c.data.download = False
+  # LMs on a corpus: documents packed into windows with segment ids and per-document positions
+  # (attention and loss stay inside a document); off: windows run across documents.
+  c.data.packing = False
+  # data.name='lm_corpus': a text corpus tokenized once into shards (research/data/lm_corpus.py).
+  c.data.corpus = ml_collections.ConfigDict()
+  c.data.corpus.train_files = ''  # Globs of UTF-8 text files, comma-separated.
+  c.data.corpus.eval_files = ''  # '' = the documents in the last eval_fraction of the train files.
+  c.data.corpus.eval_fraction = 0.1  # nanoGPT's 90/10 split (only when eval_files is '').
+  c.data.corpus.separator = '\n\n'  # Ends a document (kept in it); '' = one document per file.
+  c.data.corpus.tokenizer = ''  # A saved tokenizer file (any kind); '' = the files' characters.
+  c.data.corpus.cache_dir = ''  # Token shards; '' = <data_dir>/lm_corpus.
+  c.data.corpus.shard_tokens = 1 << 28  # Tokens per shard (whole documents, so a bit more).
+  c.data.corpus.verify = 'sha256'  # Shards checked at start: sha256 (every byte) | size.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # adamw | sgd | adafactor | lion

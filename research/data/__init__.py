@@ -13,13 +13,13 @@ from __future__ import annotations
 import ml_collections
 
 from research.config import base_config
-from research.data import generic, mnist1d, shakespeare, sst2
+from research.data import generic, lm_corpus, mnist1d, shakespeare, sst2
 from research.data.spec import Dataset, DatasetSpec, Meta
 
 __all__ = ['DATASETS', 'Dataset', 'DatasetSpec', 'Meta', 'get_dataset', 'get_spec']
 
 DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec for spec in (shakespeare.SPEC, sst2.SPEC, mnist1d.SPEC)}
+    spec.name: spec for spec in (shakespeare.SPEC, sst2.SPEC, mnist1d.SPEC, lm_corpus.SPEC)}
 
 
 def get_spec(config: ml_collections.ConfigDict | str,

@@ -29,6 +29,7 @@ Task = Literal['classification', 'lm', 'mlm']
 INPUTS = ('image', 'array', 'tokens', 'text')
 InputKind = Literal['image', 'array', 'tokens', 'text']
 Signature = dict[str, tuple[str, str]]  # Model input name -> (dims for symbolic_shape, dtype).
+ANY_TOKENIZER = 'any'  # DatasetSpec.tokenizer of a dataset whose config picks the kind.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ class DatasetSpec:
   get_dataset(config, process_index, process_count, workdir): the training data (the workdir is
   where the tokenizer is saved or reused). meta(config, tokenizer): its Meta from the config and
   the tokenizer alone (no data read), the same function get_dataset uses. tokenizer: the kind saved
-  as WORKDIR/vocab.json (tokenizers.KINDS), or None.
+  as WORKDIR/vocab.json (tokenizers.KINDS), ANY_TOKENIZER (whatever kind the file says), or None.
   """
 
   name: str
@@ -102,7 +103,7 @@ class DatasetSpec:
   def __post_init__(self):
     if self.inputs not in INPUTS:
       raise ValueError(f'DatasetSpec.inputs={self.inputs!r} is not one of {INPUTS}.')
-    if self.tokenizer is not None and self.tokenizer not in tokenizers.KINDS:
+    if self.tokenizer not in (None, ANY_TOKENIZER, *tokenizers.KINDS):
       raise ValueError(f'DatasetSpec.tokenizer={self.tokenizer!r} is not one of '
                        f'{sorted(tokenizers.KINDS)}.')
 
@@ -115,7 +116,8 @@ class DatasetSpec:
     """The tokenizer saved in a workdir or export folder (ConfigError if it is missing)."""
     if self.tokenizer is None:
       return None
-    return tokenizers.load_tokenizer(os.path.join(directory, tokenizers.FILE), self.tokenizer)
+    kind = None if self.tokenizer == ANY_TOKENIZER else self.tokenizer
+    return tokenizers.load_tokenizer(os.path.join(directory, tokenizers.FILE), kind)
 
   def read_meta(self, config: ml_collections.ConfigDict, workdir: str) -> Meta:
     """The Meta a trained run's model was built with, from its config and saved tokenizer."""
