@@ -56,6 +56,8 @@ def evaluate(p_eval: Callable, params: PyTree, dataset: data.Dataset,
          'accuracy': float(totals['correct_sum']) / weight, 'num_targets': weight}
   if dataset.meta.task == 'lm':
     out.update(bits_per_char=out['loss'] / np.log(2), perplexity=float(np.exp(out['loss'])))
+  if 'bytes_sum' in totals:  # Compares across tokenizers: nats summed / ln 2 / UTF-8 bytes.
+    out['bits_per_byte'] = float(totals['loss_sum']) / np.log(2) / float(totals['bytes_sum'])
   if 'confusion' in totals:
     out.update(metrics.classification_report(totals['confusion']))
     out['confusion'] = totals['confusion']

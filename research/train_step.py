@@ -26,7 +26,9 @@ PyTree = Any
 # Batch keys passed to the model (when present); the rest feed the loss. `mlm_positions`: where a
 # masked-LM predicts (research/models/encoder.py), so it needs no logits at the other positions.
 # `rows`: each example's row in the global batch, added by train_step (keys dropout masks).
-MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions', 'token_types', 'rows')
+# `segment_ids`, `positions`: packed documents (research/data/lm_corpus.py).
+MODEL_INPUTS = ('inputs', 'input_mask', 'mlm_positions', 'token_types', 'rows', 'segment_ids',
+                'positions')
 
 
 @flax.struct.dataclass
@@ -67,8 +69,11 @@ def loss_sums(logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
   nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]
   correct = (jnp.argmax(logits, -1) == batch['targets']).astype(jnp.float32)
-  return {'loss_sum': jnp.sum(nll * weights), 'correct_sum': jnp.sum(correct * weights),
+  sums = {'loss_sum': jnp.sum(nll * weights), 'correct_sum': jnp.sum(correct * weights),
           'weight_sum': jnp.sum(weights)}
+  if 'target_bytes' in batch:  # LM eval: each target's UTF-8 bytes, for bits per byte.
+    sums['bytes_sum'] = jnp.sum(batch['target_bytes'] * weights)
+  return sums
 
 
 def for_compute(params: PyTree, compute_sharding: PyTree | None) -> PyTree:

@@ -53,6 +53,7 @@ BENCH_CASES = {
     'mnist_mlp': ('smoke', {}),
     'shakespeare_char': ('tiny', {}),
     'gpt2_tiny_shakespeare': ('tiny', {}),  # Needs ../shared/fixtures/hf/gpt2_tiny.
+    'lm_corpus': ('tiny', {'data.packing': True}),  # Tiny Shakespeare as a corpus, packed.
     'gpt2_small': ('default', {'model.num_layers': 1, 'model.num_heads': 2, 'model.d_model': 32,
                                'data.block_size': 64, 'model.max_len': 64}),
     'mnist_vit': ('tiny', {}),

@@ -123,6 +123,9 @@ XLA_CASES = {
     'shakespeare_char': ('tiny', {**WIDE, 'model.d_ff': 0, 'data.block_size': 256,
                                   'model.max_len': 256}),
     'gpt2_small': ('default', {'model.num_layers': 2, 'batch_size': 1}),
+    # Packed: the segment mask adds elementwise work only.
+    'lm_corpus': ('tiny', {**WIDE, 'model.d_ff': 0, 'data.block_size': 256, 'model.max_len': 256,
+                           'data.packing': True}),
     # Its BPE tokenizer (vocab 512) from the hf: fixture; the model shape here, not config.json's.
     'gpt2_tiny_shakespeare': ('tiny', {**WIDE, 'model.d_ff': 0, 'data.block_size': 255,
                                        'model.max_len': 256}),

@@ -7,7 +7,8 @@ is tokenized by that checkpoint's tokenizer.json instead (saved as WORKDIR/vocab
 
 Training batches are random windows of block_size + 1 characters, drawn from a generator seeded
 by (seed, step), so the data position is the step. Evaluation covers the whole eval split once,
-in consecutive non-overlapping windows (the last one padded and masked). Two optional data keys
+in consecutive non-overlapping windows (the last one padded and masked), with each target's UTF-8
+bytes (`target_bytes`) for bits per byte. Two optional data keys
 (experiments/gpt2_tiny_shakespeare.py sets them) evaluate as transformers' shifted loss does:
 `data.eval_windows='disjoint'` cuts windows of block_size + 1 tokens, each predicting its tokens
 1..block_size from those before (the tail shorter than a window dropped), and `data.eval_chars=N`
@@ -24,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from research.config_checks import check_positive
-from research.data import pipeline, spec, tfds_build
+from research.data import corpus, pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
 from research.data.tokenizers import CharVocab, Tokenizer, hf_tokenizer, load_tokenizer
@@ -113,6 +114,9 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
   if not len(windows['inputs']):
     raise ConfigError(f'The eval text has {len(eval_ids)} tokens: not one eval window of '
                       f'config.data.block_size={block_size}.')
+  # Each target's UTF-8 bytes, so the eval reports bits per byte (= bits/char on ASCII text).
+  windows['target_bytes'] = (corpus.token_bytes(vocab)[windows['targets']]
+                             * windows['target_mask']).astype(np.float32)
   train_batch = functools.partial(train_windows, train_ids, seed=config.seed,
                                   batch_size=config.batch_size, block_size=block_size,
                                   process_index=process_index, process_count=process_count)

@@ -21,11 +21,13 @@ IMPLEMENTATIONS = ('xla', 'cudnn')
 
 
 def rotary_embed(x_BxLxHxD: jax.Array, positions_L: jax.Array, base: float = 10000.0) -> jax.Array:
-  """RoPE (GPT-NeoX half-split form): rotates channel pairs (i, i + D/2) by position * freq_i."""
+  """RoPE (GPT-NeoX half-split form): rotates channel pairs (i, i + D/2) by position * freq_i.
+  `positions_L`: L positions shared by the batch, or BxL (packed documents)."""
   half = x_BxLxHxD.shape[-1] // 2
   freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_LxF = positions_L.astype(jnp.float32)[:, None] * freqs[None, :]
-  sin, cos = jnp.sin(angles_LxF)[None, :, None, :], jnp.cos(angles_LxF)[None, :, None, :]
+  positions_BxL = positions_L if positions_L.ndim == 2 else positions_L[None]
+  angles_BxLxF = positions_BxL.astype(jnp.float32)[..., None] * freqs
+  sin, cos = jnp.sin(angles_BxLxF)[:, :, None, :], jnp.cos(angles_BxLxF)[:, :, None, :]
   x1, x2 = jnp.split(x_BxLxHxD.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxHxD.dtype)

@@ -1,6 +1,8 @@
 """Decoder-only Transformer language model (GPT-2 / nanoGPT layout), with a KV-cache decode mode.
 
 Training: `model.apply({'params': p}, inputs=tokens_BxL, train=True)` -> f32 logits_BxLxV.
+Packed documents: also `segment_ids` (BxL, tokens attend only within their segment) and
+`positions` (BxL, each document's own positions), as research/data/lm_corpus.py makes them.
 Decoding: `model.clone(decode=True)` (see `decoder`) keeps a `cache` collection: each call appends
 its L tokens at the cache index, attends over everything cached so far, and advances the index.
 """
@@ -27,10 +29,15 @@ class TransformerLM(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, *, train: bool = False,
-               rows: jax.Array | None = None) -> jax.Array:
-    """`rows`: each example's row in the global batch (keys its dropout masks)."""
+               rows: jax.Array | None = None, segment_ids: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """`rows`: each example's row in the global batch (keys its dropout masks).
+    `segment_ids`, `positions` (BxL, packed documents): attention stays inside a segment, and
+    positions restart per document (None: one sequence, positions 0..L-1)."""
     cfg = self.cfg
     length = inputs.shape[1]
+    if cfg.decode and (segment_ids is not None or positions is not None):
+      raise ValueError('Decoding takes one sequence: no segment_ids or positions.')
     if cfg.decode:
       # One index for every layer's cache: where this chunk goes, and its absolute positions.
       index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
@@ -42,6 +49,10 @@ class TransformerLM(nn.Module):
       is_causal = False
     else:
       start, positions_L, mask, is_causal = None, jnp.arange(length), None, True
+      if positions is not None:
+        positions_L = positions  # BxL: per example.
+      if segment_ids is not None:  # And causal: XLA and cuDNN combine the two.
+        mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
 
     embed = nn.Embed(
         self.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
@@ -54,7 +65,8 @@ class TransformerLM(nn.Module):
                          nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std),
                                                       ('length', 'embed')),
                          (cfg.max_len, cfg.d_model), cfg.param_dtype)
-      x_BxLxE = x_BxLxE + jnp.take(table, positions_L, axis=0).astype(cfg.dtype)[None]
+      embedded = jnp.take(table, positions_L, axis=0).astype(cfg.dtype)
+      x_BxLxE = x_BxLxE + (embedded if embedded.ndim == 3 else embedded[None])
     x_BxLxE = blocks.embed_norm(cfg, x_BxLxE)
     x_BxLxE = Dropout(cfg.dropout_rate)(x_BxLxE, rows, deterministic=not train)
     x_BxLxE = blocks.TransformerStack(cfg, name='stack')(

@@ -30,6 +30,8 @@ def test_short_run_lowers_validation_loss(trained):
   assert evals[-1]['loss'] < math.log(LM_VOCAB) - 0.7  # 4.17 -> ~3.1 measured in 60 steps.
   assert evals[-1]['loss'] < evals[0]['loss']
   assert evals[-1]['bits_per_char'] == pytest.approx(evals[-1]['loss'] / math.log(2))
+  # Every character is one UTF-8 byte here: bits per byte (nats / ln 2 / bytes) is bits/char.
+  assert evals[-1]['bits_per_byte'] == pytest.approx(evals[-1]['loss'] / math.log(2), rel=1e-6)
   samples = open(os.path.join(workdir, 'samples.txt')).read()
   assert samples.count('--- step') == len(evals)
 
