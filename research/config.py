@@ -40,8 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.manual_dir = ''  # Source files for an offline build; '' = TFDS downloads them.
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
-  # Any other name than tiny_shakespeare, sst2, mnist1d, lm_corpus is read generically (docs/data.md): a
-  # TFDS dataset ('name', 'name:version', 'name/config'), or the experiment's own data below.
+  # Any other name than tiny_shakespeare, sst2, mnist1d, lm_corpus is read generically
+  # (docs/data.md): a TFDS dataset ('name', 'name:version', 'name/config'), or the experiment's
+  # own data below.
   c.data.inputs = 'image'  # The feature the model reads.
   c.data.targets = 'label'  # The class-id feature; '' = a language model over `inputs` text.
   # Ops run per batch, 'op(args)|op2' (research/data/preprocess.py); random ones train only.
