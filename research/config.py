@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 'FILE' or 'FILE:FUNCTION' (default get_data): the experiment's own data, {split: arrays};
   # '' = the TFDS dataset data.name (research/data/own_data.py).
   c.data.get_data = ''
+  c.data.block_size = 0  # Language models: the training window in tokens (set by each LM).
   c.data.num_classes = 0  # Own data: classes; 0 = the largest label + 1 (TFDS: its ClassLabel).
   # Let TFDS download an unbuilt dataset that has no manual dir (needs internet: offline it
   # would hang, so by default that is an error instead).

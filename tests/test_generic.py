@@ -76,6 +76,9 @@ def test_a_text_feature_trains_a_language_model_or_a_text_classifier(toy_dir, tm
     ({'preprocess': 'value_range(0, 1)|crop(4)'}, "unknown op 'crop'.*'random_crop'"),
     ({'preprocess': 'random_crop(12)'}, 'crop size 12 is larger'),
     ({'inputs': 'image', 'targets': ''}, 'must be a text feature'),
+    ({'inputs': 'caption', 'targets': ''}, 'needs config.data.block_size, a positive integer'),
+    ({'eval_split': 'validation'}, "eval_split='validation'.*no split 'validation'; it has: test, "
+                                   "train"),
 ])
 def test_bad_names_keys_and_ops_are_one_clear_error(toy_dir, keys, message):
   with pytest.raises(ConfigError, match=message):

@@ -29,7 +29,13 @@ from absl import logging
 from research.data import own_data, pipeline, preprocess, shakespeare, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
-from research.data.tokenizers import CharVocab, Tokenizer, WordVocab, load_tokenizer
+from research.data.tokenizers import (
+  CharVocab,
+  Tokenizer,
+  WordVocab,
+  hf_tokenizer,
+  load_tokenizer,
+)
 from research.errors import ConfigError
 
 FACTS_FILE = 'dataset.json'  # In the workdir (and an export): meta, class names, input kind.
@@ -108,6 +114,17 @@ def check_keys(config: ml_collections.ConfigDict, features: dict[str, Feature],
                         f'{have}.')
 
 
+def check_splits(config: ml_collections.ConfigDict, have: list[str], name: str) -> None:
+  """ConfigError naming the splits there are, for a train/eval split (or slice of one, e.g.
+  'train[:90%]', or sum, 'train+test') the dataset lacks."""
+  for key in ('train_split', 'eval_split'):
+    for part in config.data[key].split('+'):
+      if part.split('[')[0].strip() not in have:
+        raise ConfigError(f'config.data.{key}={config.data[key]!r}: TFDS dataset {name!r} has '
+                          f'no split {part.split("[")[0].strip()!r}; it has: '
+                          f'{", ".join(sorted(have))}.')
+
+
 def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, dict[str, Feature]]:
   """({split: arrays}, features) of the train and eval splits, checked against the config."""
   d = config.data
@@ -126,6 +143,9 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[dict, dict[str, Feat
   builder = tfds_build.get_builder(d.name, data_dir)
   features = tfds_features(builder)
   check_keys(config, features, f'TFDS dataset {d.name!r}')
+  with tfds_build.build_lock(data_dir, d.name):  # Built once when several processes start.
+    builder = tfds_build.build(d.name, data_dir, d.manual_dir, None, d.download)
+  check_splits(config, list(builder.info.splits), d.name)
   arrays = {s: tfds_build.load_arrays(d.name, s, data_dir, d.manual_dir, None, d.download)
             for s in splits}
   return arrays, features
@@ -157,15 +177,17 @@ def check_targets(targets: np.ndarray, n: int, split: str) -> np.ndarray:
 
 def get_vocab(config: ml_collections.ConfigDict, texts: list[str], workdir: str | None,
               process_index: int, kind: str) -> Tokenizer:
-  """The workdir's saved tokenizer, else characters (LM) or words (classifier) of the train text
-  (data.vocab_min_count, default 1), saved in the workdir by process 0."""
+  """The workdir's saved tokenizer, else an `init_from=hf:PATH` checkpoint's tokenizer.json, else
+  characters (LM) or words (classifier) of the train text (data.vocab_min_count, default 1);
+  a new one is saved in the workdir by process 0."""
   path = os.path.join(workdir, VOCAB_FILE) if workdir else None
   if path and os.path.exists(path):
     return load_tokenizer(path, kind)
   if kind == CharVocab.KIND:
     return shakespeare.get_vocab('\n'.join(texts), workdir, process_index,
                                  config.get('init_from', ''))
-  vocab = WordVocab.from_texts(texts, config.data.get('vocab_min_count', 1))
+  vocab = (hf_tokenizer(config.get('init_from', ''))
+           or WordVocab.from_texts(texts, config.data.get('vocab_min_count', 1)))
   if path and process_index == 0:
     vocab.save(path)
   return vocab
@@ -239,10 +261,10 @@ def language_model(config: ml_collections.ConfigDict, arrays: dict, features: di
   if not features[d.inputs].text:
     raise ConfigError(f'config.data.targets is empty (a language model), so config.data.inputs='
                       f'{d.inputs!r} must be a text feature; it is {features[d.inputs].dtype}.')
-  block_size = d.get('block_size', 0)
+  block_size = d.block_size
   if not isinstance(block_size, int) or block_size <= 0:
-    raise ConfigError('A language model needs config.data.block_size, a positive integer (the '
-                      f'training window; set it in the experiment file), got {block_size!r}.')
+    raise ConfigError('A language model (config.data.targets=\'\') needs config.data.block_size, '
+                      f'a positive integer (the training window), got {block_size!r}.')
   texts = {s: '\n'.join(text_of(arrays[s][d.inputs])) for s in (d.train_split, d.eval_split)}
   vocab = get_vocab(config, [texts[d.train_split]], workdir, process_index, CharVocab.KIND)
   train_ids = vocab.encode(texts[d.train_split], f'{d.train_split} split')
@@ -329,7 +351,7 @@ def meta_from_config(config: ml_collections.ConfigDict, tokenizer: Tokenizer | N
   needs the saved facts (GenericSpec.read_meta)."""
   if not config.data.targets:
     return Meta(task='lm', vocab_size=tokenizer.vocab_size if tokenizer else None,
-                block_size=config.data.get('block_size'))
+                block_size=config.data.block_size)
   return Meta(task='classification')
 
 

@@ -5,6 +5,7 @@ get_data fails with one `error:` line, exit 2, before anything is written."""
 import json
 import os
 
+import pytest
 from conftest import require_shared_data, run_launch
 from helpers import store_toy_tfds
 
@@ -19,9 +20,15 @@ def errors_of(result):
   return [x for x in (result.stdout + result.stderr).splitlines() if x.startswith('error:')]
 
 
-def test_a_new_tfds_dataset_trains_and_exports_by_config_alone(tmp_path):
-  data_dir = str(tmp_path / 'tfds')
+@pytest.fixture(scope='module')
+def new_dataset_dir(tmp_path_factory) -> str:
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
   store_toy_tfds(data_dir, 'brand_new_shapes')
+  return data_dir
+
+
+def test_a_new_tfds_dataset_trains_and_exports_by_config_alone(tmp_path, new_dataset_dir):
+  data_dir = new_dataset_dir
   workdir = tmp_path / 'run'
   args = [*SMOKE, f'--workdir={workdir}', '--config.data.name=brand_new_shapes',
           f'--config.data.data_dir={data_dir}', '--config.data.manual_dir=',
@@ -38,6 +45,23 @@ def test_a_new_tfds_dataset_trains_and_exports_by_config_alone(tmp_path):
   manifest = json.load(open(workdir / 'export' / 'manifest.json'))
   assert manifest['model']['labels'] == ['left', 'middle', 'right']
   assert os.path.exists(workdir / 'export' / 'dataset.json')
+
+
+def test_a_text_feature_of_a_new_tfds_dataset_trains_a_language_model(tmp_path,
+                                                                       new_dataset_dir):
+  args = ['--config=experiments/shakespeare_char.py:tiny', f'--workdir={tmp_path}',
+          '--config.data.name=brand_new_shapes', f'--config.data.data_dir={new_dataset_dir}',
+          '--config.data.inputs=caption', '--config.data.targets=', '--config.data.block_size=8',
+          '--config.data.eval_split=test']
+  result = run_launch([*args, '--config.data.manual_dir=', '--config.num_train_steps=4',
+                       '--config.eval_every_steps=4', '--config.checkpoint_every_steps=4',
+                       '--config.batch_size=8', '--config.eval_batch_size=8'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(tmp_path / 'summary.json'))['step'] == 4
+  sample = run_launch([*args, '--mode=sample', '--prompt=red ', '--num_tokens=10'])
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  text = sample.stdout[sample.stdout.rindex('red '):]  # The prompt, then 10 characters.
+  assert len(text.rstrip('\n')) >= 10 and set(text) <= set('one fish two red blue\n')
 
 
 def test_the_own_data_example_trains(tmp_path):
