@@ -60,7 +60,7 @@ def test_a_text_feature_of_a_new_tfds_dataset_trains_a_language_model(tmp_path,
   assert json.load(open(tmp_path / 'summary.json'))['step'] == 4
   sample = run_launch([*args, '--mode=sample', '--prompt=red ', '--num_tokens=10'])
   assert sample.returncode == 0, sample.stderr[-3000:]
-  text = sample.stdout[sample.stdout.rindex('red '):]  # The prompt, then 10 characters.
+  text = sample.stdout[sample.stdout.index('red '):]  # The prompt, then 10 characters.
   assert len(text.rstrip('\n')) >= 10 and set(text) <= set('one fish two red blue\n')
 
 
