@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = 'mnist'
   c.data.data_dir = ''  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
-  c.data.manual_dir = ''  # Source files for an offline build; '' = TFDS downloads them.
+  c.data.manual_dir = ''  # Source files for an offline build; '' = none (see data.download).
   c.data.train_split = 'train'
   c.data.eval_split = 'test'
   # Any other name than tiny_shakespeare, sst2, mnist1d, lm_corpus is read generically

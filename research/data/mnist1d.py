@@ -4,6 +4,10 @@ Built by the `mnist1d` TFDS builder (research/data/builders/mnist1d.py) from the
 in the manual dir, which it unpickles only after checking the file's sha256. The signals are
 already standardized (train mean 0.000, std 0.998), so they are used as they are, shaped
 B x 40 x 1 (time x channels) for the patch embedding.
+
+Why a module of its own rather than plain config (generic.py): TFDS has no `mnist1d` builder, so
+ours (research/data/builders/mnist1d.py) must be imported to register it before TFDS can build
+from the pickle, and nothing in a config can say "import this module first".
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ bytes (`target_bytes`) for bits per byte. Two optional data keys
 `data.eval_windows='disjoint'` cuts windows of block_size + 1 tokens, each predicting its tokens
 1..block_size from those before (the tail shorter than a window dropped), and `data.eval_chars=N`
 keeps the eval split's first N characters (0 = all).
+
+Why a module of its own: those two eval keys (the transformers comparison) and its published
+numbers. A character LM over any other TFDS text feature is plain config (generic.py, with
+data.targets=''), and it reuses this module's windows.
 """
 
 from __future__ import annotations

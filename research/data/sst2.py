@@ -20,6 +20,10 @@ batches come from length buckets (`data.length_buckets`): each step draws one bu
 probability proportional to its size) and a batch from it, cut to the bucket's width; most
 phrases are short, so most steps run on 16 positions instead of 64. Still a pure function of
 (seed, step).
+
+Why a module of its own rather than plain config (generic.py): its TFDS builder is ours (it
+must be imported to register), the masked-LM objective and the length buckets are batching the
+generic path does not do, and a fine-tuning run reuses its pre-training run's vocabulary.
 """
 
 from __future__ import annotations
