@@ -48,6 +48,23 @@ def require_fixture(subdir: str) -> str:
   return require_shared_data(subdir, SHARED_FIXTURES)
 
 
+def require_slurm() -> None:
+  """A reachable SLURM controller (`sinfo` answers; scripts/slurm_cluster.sh starts one), or a
+  skip; under CI a failure, as for the shared data."""
+  try:
+    result = subprocess.run(['sinfo', '-h', '-o', '%a %t'], capture_output=True, text=True,
+                            timeout=30)
+    problem = None if result.returncode == 0 else (result.stderr.strip().splitlines() or
+                                                   [f'exit {result.returncode}'])[-1]
+  except (OSError, subprocess.TimeoutExpired) as e:
+    problem = str(e)
+  if problem is not None:
+    message = f'no SLURM cluster is reachable ({problem}); scripts/slurm_cluster.sh start'
+    if in_ci():
+      pytest.fail(f'{message}; CI={os.environ["CI"]} is set, so this test must run.')
+    pytest.skip(message)
+
+
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory) -> str:
   """TFDS data dir shared by the session; RESEARCH_TEST_DATA_DIR reuses one across sessions."""

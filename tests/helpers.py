@@ -4,6 +4,7 @@ Test files import from here, never from one another, so moving a test file moves
 """
 
 import functools
+import json
 import os
 import socket
 import time
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import pytest
 
 import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
@@ -28,6 +30,21 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """WORKDIR/metrics.jsonl as a list of dicts, one per log point."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def assert_same_run(got: list[dict], want: list[dict], steps_from: int = 0) -> None:
+  """The same log points after `steps_from`, with losses equal to float tolerance."""
+  got = [m for m in got if m['step'] > steps_from]
+  want = [m for m in want if m['step'] > steps_from]
+  assert [(m['step'], m['split']) for m in got] == [(m['step'], m['split']) for m in want]
+  for g, w in zip(got, want, strict=True):
+    assert g['loss'] == pytest.approx(w['loss'], rel=2e-5), (g, w)
 
 
 def mnist_smoke_config(data_dir: str = '/nonexistent') -> ml_collections.ConfigDict:

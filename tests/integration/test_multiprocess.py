@@ -11,7 +11,6 @@
 Every subprocess runs under `timeout -s KILL`: a process stuck in a collective ignores SIGTERM.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,7 +19,8 @@ import time
 
 import pytest
 from conftest import REPO
-from helpers import free_port
+from helpers import assert_same_run, free_port
+from helpers import read_metrics as metrics
 
 from research.errors import ConfigError
 from research.runtime import distributed
@@ -46,19 +46,6 @@ def finish(procs: list[subprocess.Popen]) -> list[str]:
   for p, out in zip(procs, outs, strict=True):
     assert p.returncode == 0, out[-3000:]
   return outs
-
-
-def metrics(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def assert_same_run(got: list[dict], want: list[dict], steps_from: int = 0) -> None:
-  got = [m for m in got if m['step'] > steps_from]
-  want = [m for m in want if m['step'] > steps_from]
-  assert [(m['step'], m['split']) for m in got] == [(m['step'], m['split']) for m in want]
-  for g, w in zip(got, want, strict=True):
-    assert g['loss'] == pytest.approx(w['loss'], rel=2e-5), (g, w)
 
 
 @pytest.fixture(scope='module')
