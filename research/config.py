@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.corpus.cache_dir = ''  # Token shards; '' = <data_dir>/lm_corpus.
   c.data.corpus.shard_tokens = 1 << 28  # Tokens per shard (whole documents, so a bit more).
   c.data.corpus.verify = 'sha256'  # Shards checked at start: sha256 (every byte) | size.
+  # 'memory': decode each split once into arrays (fast for small data); 'stream': read records
+  # one by one through grain from an ArrayRecord build; 'auto': stream above 1 GiB on disk.
+  c.data.source = 'auto'
+  c.data.workers = 1  # Streaming: grain worker processes decoding batches (0 = in the trainer).
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # adamw | sgd | adafactor | lion

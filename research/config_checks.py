@@ -60,6 +60,10 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.warmup_steps < 0:
     raise ConfigError('config.optimizer.warmup_steps must be >= 0.')
   check_choice(config, 'nan_policy', ['stop', 'skip'])
+  check_choice(config, 'data.source', ['auto', 'memory', 'stream'])
+  workers = config.data.get('workers', 0)
+  if not isinstance(workers, int) or workers < 0:
+    raise ConfigError(f'config.data.workers must be an integer >= 0, got {workers!r}.')
   if config.get('grad_accum_steps') is not None:
     check_positive(config, 'grad_accum_steps')
     if config.batch_size % config.grad_accum_steps:

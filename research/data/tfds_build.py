@@ -52,10 +52,12 @@ def get_builder(name: str, data_dir: str | None):
 
 
 def build(name: str, data_dir: str | None, manual_dir: str | None,
-          required_files: tuple[str, ...] | None = None, download: bool = True):
+          required_files: tuple[str, ...] | None = None, download: bool = True,
+          file_format: str | None = None):
   """Returns a prepared TFDS builder, building it from `manual_dir` (or the network, when
   `download`) if needed. `required_files`: the source files a manual dir must hold; None = the
-  file names of the builder's checksum list."""
+  file names of the builder's checksum list. `file_format`: the record format of a new build
+  ('array_record' for `tfds.data_source`, streaming.py); None = TFDS's default (tfrecord)."""
   import tensorflow_datasets as tfds
 
   data_dir = data_dir or default_data_dir()
@@ -84,7 +86,7 @@ def build(name: str, data_dir: str | None, manual_dir: str | None,
           '(needs internet).')
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   try:
-    builder.download_and_prepare(download_config=download_config)
+    builder.download_and_prepare(download_config=download_config, file_format=file_format)
   except tfds.core.download.download_manager.NonMatchingChecksumError as e:
     raise ConfigError(checksum_message(name, manual_dir, str(e))) from e
   except AssertionError as e:  # TFDS asserts when a manual-download dataset has no manual dir.
