@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 
 import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
 from research import models
 from research.config import base_config
-from research.data import generic
+from research.data import generic, streaming
 from research.data.spec import Meta
 
 LM_VOCAB = 65  # Tiny Shakespeare's characters.
@@ -58,6 +60,13 @@ def mnist_smoke_config(data_dir: str = '/nonexistent') -> ml_collections.ConfigD
 def ensure_mnist(data_dir: str) -> None:
   """Builds/caches MNIST once in this process, so concurrent runs only read it."""
   generic.load_splits(mnist_smoke_config(data_dir))
+
+
+def ensure_mnist_streamed(data_dir: str) -> None:
+  """Builds MNIST in ArrayRecord format for streaming (data_dir/array_record) once, here."""
+  data = mnist_smoke_config(data_dir).data
+  for split in ('train', 'test'):
+    streaming.tfds_source('mnist', split, data_dir, data.manual_dir)
 
 
 def wait_for_metrics(path: str, timeout: float = 120) -> None:
@@ -135,3 +144,26 @@ def store_toy_tfds(data_dir: str, name: str = 'toy_shapes') -> None:
           'label': tfds.features.ClassLabel(names=['left', 'middle', 'right']),
           'caption': tfds.features.Text()}),
       split_datasets={'train': list(examples(48, 0)), 'test': list(examples(12, 1))})
+def record_features(i: int) -> np.ndarray:
+  """Record i of write_record_shards: its id, then 5 features (int16)."""
+  return np.array([i, i * 3, -i, 7, i % 5, 100 - i], np.int16)
+
+
+def decode_record(record: bytes) -> dict[str, np.ndarray]:
+  """A record of write_record_shards as an example (module-level: grain workers import it)."""
+  values = np.frombuffer(record, np.int16)
+  return {'inputs': values[1:].astype(np.float32), 'targets': np.int32(values[0])}
+
+
+def write_record_shards(directory, sizes=(20, 33)) -> list[str]:
+  """ArrayRecord shards of record_features(0), (1), ... as a user would write them."""
+  paths, start = [], 0
+  for k, size in enumerate(sizes):
+    path = str(directory / f'data-{k:05d}-of-{len(sizes):05d}.array_record')
+    writer = ArrayRecordWriter(path, 'group_size:1')
+    for i in range(start, start + size):
+      writer.write(record_features(i).tobytes())
+    writer.close()
+    paths.append(path)
+    start += size
+  return paths

@@ -3,36 +3,15 @@ process rows, eval coverage, workers, and bad record files. ArrayRecord shards w
 
 import numpy as np
 import pytest
-from array_record.python.array_record_module import ArrayRecordWriter
+from helpers import decode_record as decode
+from helpers import record_features as features
+from helpers import write_record_shards as write_shards
 
 from research.config import base_config
 from research.data import pipeline, streaming
 from research.errors import ConfigError
 
-N = 53  # Records: not a multiple of any batch size used here.
-
-
-def decode(record: bytes) -> dict[str, np.ndarray]:
-  """A record is 6 int16 values: the record's id, then 5 features."""
-  values = np.frombuffer(record, np.int16)
-  return {'inputs': values[1:].astype(np.float32), 'targets': np.int32(values[0])}
-
-
-def features(i: int) -> np.ndarray:
-  return np.array([i, i * 3, -i, 7, i % 5, 100 - i], np.int16)
-
-
-def write_shards(directory, sizes=(20, 33)) -> list[str]:
-  paths, start = [], 0
-  for k, size in enumerate(sizes):
-    path = str(directory / f'data-{k:05d}-of-{len(sizes):05d}.array_record')
-    writer = ArrayRecordWriter(path, 'group_size:1')
-    for i in range(start, start + size):
-      writer.write(features(i).tobytes())
-    writer.close()
-    paths.append(path)
-    start += size
-  return paths
+N = 53  # Records (write_shards' default): not a multiple of any batch size used here.
 
 
 @pytest.fixture(scope='module')

@@ -3,6 +3,7 @@ deleted. All cases run as concurrent subprocesses against copies of one existing
 
 import glob
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -48,6 +49,24 @@ def corrupt_manual_dir(path):
   return victim
 
 
+def truncated_stream_build(data_dir):
+  """MNIST's ArrayRecord build for streaming, as TFDS lays it out, its train file cut short."""
+  path = os.path.join(data_dir, 'array_record', 'mnist', '3.0.1')
+  os.makedirs(path)
+  splits = [{'name': name, 'shardLengths': [str(n)],
+             'filepathTemplate': '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'}
+            for name, n in (('train', 60000), ('test', 10000))]
+  with open(os.path.join(path, 'dataset_info.json'), 'w') as f:
+    json.dump({'name': 'mnist', 'version': '3.0.1', 'fileFormat': 'array_record',
+               'moduleName': 'tensorflow_datasets.image_classification.mnist',
+               'splits': splits}, f)
+  victim = os.path.join(path, 'mnist-train.array_record-00000-of-00001')
+  for name in (victim, victim.replace('train', 'test')):
+    with open(name, 'wb') as f:
+      f.write(b'\0' * 70000)
+  return victim
+
+
 @pytest.fixture(scope='module')
 def results(tmp_path_factory, data_dir):
   base = tmp_path_factory.mktemp('bad_input')
@@ -65,7 +84,10 @@ def results(tmp_path_factory, data_dir):
       'changed model on resume': ['--config.model.activation=gelu'],
       'missing feature': ['--config.data.inputs=pixels'],
       'unknown preprocessing op': ['--config.data.preprocess=value_range(0, 1)|flipp'],
+      'truncated record file': [f'--config.data.data_dir={base}/stream_data',
+                                '--config.data.source=stream'],
   }
+  stream_victim = truncated_stream_build(str(base / 'stream_data'))
   if victim:
     cases['corrupt source file'] = [f'--config.data.data_dir={base}/fresh_data',
                                     f'--config.data.manual_dir={base}/manual']
@@ -83,6 +105,7 @@ def results(tmp_path_factory, data_dir):
     log, _ = proc.communicate(timeout=300)
     out[name] = {'rc': proc.returncode, 'log': log, 'workdir': workdir}
   out['template'], out['victim'], out['base'] = snapshot(template), victim, str(base)
+  out['stream_victim'] = stream_victim
   return out
 
 
@@ -98,6 +121,8 @@ EXPECT = {  # case: (exit code, texts the error message must contain)
     'unknown preprocessing op': (2, ["unknown op 'flipp'", "'flip_lr'", "'value_range'"]),
     'corrupt source file': (2, ['t10k-labels-idx1-ubyte.gz fails the TFDS checksum',
                                 'expected f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb2']),
+    'truncated record file': (2, ['mnist-train.array_record-00000-of-00001 (70,000 bytes) is '
+                                  'truncated or corrupt']),
 }
 
 
@@ -120,3 +145,5 @@ def test_bad_input_fails_fast_with_one_clear_error_and_keeps_the_workdir(case, r
   if case == 'corrupt source file':
     assert errors[0].startswith(f'error: {results["victim"]}')
     assert not glob.glob(f'{results["base"]}/fresh_data/mnist/*/dataset_info.json')
+  if case == 'truncated record file':
+    assert errors[0].startswith(f'error: Record file {results["stream_victim"]} ')

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO
-from helpers import ensure_mnist, wait_for_metrics
+from helpers import ensure_mnist, ensure_mnist_streamed, wait_for_metrics
 
 STEPS = 40
 TINY = ['--config=experiments/mnist_mlp.py:smoke', f'--config.num_train_steps={STEPS}',
@@ -26,6 +26,8 @@ TINY = ['--config=experiments/mnist_mlp.py:smoke', f'--config.num_train_steps={S
         f'--config.eval_every_steps={STEPS}', '--config.checkpoint_every_steps=10',
         '--config.progress_bar=False']
 KEEP_ONE = ['--config.checkpoint.keep=1', '--config.checkpoint.best_metric=']  # LatestN(1) only.
+# Read record by record through grain (one worker process) from MNIST's ArrayRecord build.
+STREAM = ['--config.data.source=stream', '--config.data.workers=1']
 
 
 class Runs:
@@ -63,12 +65,14 @@ class Runs:
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, data_dir):
   ensure_mnist(data_dir)
+  ensure_mnist_streamed(data_dir)
   r = Runs(tmp_path_factory.mktemp('reliability'), data_dir)
   r.start('ref')
   r.wait()
   # Phase 1: every fault at once.
   r.start('term', fault='sigterm@13')
   r.start('kill', fault='sigkill@27')
+  r.start('kill_stream', *STREAM, fault='sigkill@27')
   r.start('insave', *KEEP_ONE, fault='sigkill_in_save@20')
   r.start('full', *KEEP_ONE, fault='enospc_in_save@20')
   r.start('nan', fault='nan@23')
@@ -80,10 +84,12 @@ def runs(tmp_path_factory, data_dir):
   wait_for_metrics(os.path.join(r.workdir('ext'), 'metrics.jsonl'))  # Mid-run for sure.
   r.procs['ext'][0].send_signal(signal.SIGINT)  # A real Ctrl-C from outside.
   r.wait()
-  r.restored = {name: complete_steps(r.workdir(name)) for name in ('kill', 'insave', 'full')}
+  r.restored = {name: complete_steps(r.workdir(name))
+                for name in ('kill', 'kill_stream', 'insave', 'full')}
   # Phase 2: resume each; 'term' with the very same command.
   r.start('term', log='term_resume', fault='sigterm@13')
   r.start('kill', log='kill_resume')
+  r.start('kill_stream', *STREAM, log='kill_stream_resume')
   r.start('insave', *KEEP_ONE, log='insave_resume')
   r.wait()
   print({k: (v['rc'], round(v['seconds'], 1)) for k, v in r.results.items()})
@@ -148,16 +154,19 @@ def test_external_sigint_mid_run_saves_that_step_and_exits_0(runs):
       'values', [])) == pending
 
 
-def test_kill_9_then_rerun_resumes_from_newest_complete_checkpoint_bitwise(runs):
-  assert runs.results['kill']['rc'] == -signal.SIGKILL
-  resumed = runs.results['kill_resume']
+# 'kill_stream' streams the data through grain: compared with the in-memory reference, so the
+# streamed batches are the in-memory ones too.
+@pytest.mark.parametrize('name', ['kill', 'kill_stream'])
+def test_kill_9_then_rerun_resumes_from_newest_complete_checkpoint_bitwise(runs, name):
+  assert runs.results[name]['rc'] == -signal.SIGKILL
+  resumed = runs.results[f'{name}_resume']
   assert resumed['rc'] == 0, resumed['log'][-3000:]
-  newest = (runs.restored['kill'] or [0])[-1]  # Async saves may still have been in flight.
+  newest = (runs.restored[name] or [0])[-1]  # Async saves may still have been in flight.
   if newest:
     assert f'Resumed from step {newest}' in resumed['log']
   # Lines for steps after the checkpoint (up to 25) were written before the kill and dropped.
   assert 'lines after step' in resumed['log']
-  assert_bitwise_equal_to_reference(runs, 'kill')
+  assert_bitwise_equal_to_reference(runs, name)
 
 
 def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_resumes_bitwise(runs):
