@@ -224,7 +224,10 @@ def batches(make: Callable[[int], Batch], start: int, stop: int, workers: int,
             buffer: int = 2) -> Iterator[Batch]:
   """make(start), make(start + 1), ..., make(stop - 1): made by `workers` grain processes (each
   makes every workers-th batch; grain interleaves them back in order), or here when 0."""
-  ds = grain.MapDataset.range(start, stop).map(make).to_iter_dataset()
+  # One batch at a time per process: grain's default (16 threads, 500 elements ahead) would
+  # fight the trainer and the other workers for the cores and hold hundreds of batches.
+  threads = grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer)
+  ds = grain.MapDataset.range(start, stop).map(make).to_iter_dataset(threads)
   if workers:
     if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (defaults here) even
       flags.FLAGS.mark_as_parsed()  # when no absl app parsed them (a script, pytest).
