@@ -40,6 +40,8 @@ from research.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 Decode = Callable[[Any], dict[str, np.ndarray]]  # One record -> one example's arrays.
+# (this process's rows of a batch, train?, step) -> the batch the model takes (per-batch ops).
+Finish = Callable[[dict, bool, int], dict]
 SOURCES = ('auto', 'memory', 'stream')
 # data.source='auto' streams a split whose records take more than this on disk: decoded in memory
 # it would be larger still, on every host.
@@ -65,14 +67,12 @@ def choose_source(key: str, split_bytes: int | None) -> tuple[str, str]:
 
 
 def tfds_split_bytes(data_dir: str, name: str, split: str) -> int | None:
-  """The split's record bytes from the newest prepared build's dataset_info.json (no TFDS import,
-  so the in-memory path stays TensorFlow-free); None if it is not built yet."""
-  root = os.path.join(data_dir, *name.split('/'))
-  versions = sorted(v for v in (os.listdir(root) if os.path.isdir(root) else ())
-                    if os.path.exists(os.path.join(root, v, 'dataset_info.json')))
-  if not versions:
+  """The split's record bytes from the prepared build's dataset_info.json (no TFDS import, so the
+  in-memory path stays TensorFlow-free); None if it is not built yet."""
+  path = tfds_build.prepared_path(name, data_dir)
+  if path is None:
     return None
-  with open(os.path.join(root, versions[-1], 'dataset_info.json')) as f:
+  with open(os.path.join(path, 'dataset_info.json')) as f:
     splits = json.load(f).get('splits', [])
   base = split.split('[')[0]
   return next((int(s.get('numBytes', 0)) for s in splits if s.get('name') == base), None)
@@ -175,10 +175,12 @@ class TrainBatch:
   seed: int
   batch_size: int
   rows: slice
+  finish: Finish | None = None
 
   def __call__(self, step: int) -> Batch:
     idx = pipeline.epoch_indices(self.seed, int(step), self.batch_size, len(self.source))
-    return stack([self.decode(r) for r in read_records(self.source, idx[self.rows])])
+    batch = stack([self.decode(r) for r in read_records(self.source, idx[self.rows])])
+    return self.finish(batch, True, int(step)) if self.finish else batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +192,7 @@ class EvalBatch:
   decode: Decode
   batch_size: int
   rows: slice
+  finish: Finish | None = None
 
   def __call__(self, i: int) -> Batch:
     n = len(self.source)
@@ -199,7 +202,7 @@ class EvalBatch:
     batch = {k: np.where(valid.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0).astype(v.dtype)
              for k, v in batch.items()}
     batch['mask'] = valid.astype(np.float32)
-    return batch
+    return self.finish(batch, False, 0) if self.finish else batch
 
 
 def _exit_with_parent(worker_index: int, worker_count: int) -> None:
@@ -284,30 +287,34 @@ def eval_batches(make: EvalBatch, workers: int) -> Iterator[Batch]:
 
 # --- A streamed dataset ---------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Fields:
+  """A TFDS record (a dict of decoded features) -> {'inputs', 'targets'} as stored."""
+
+  inputs: str
+  targets: str
+
+  def __call__(self, example: dict) -> dict[str, np.ndarray]:
+    return {'inputs': np.asarray(example[self.inputs]),
+            'targets': np.asarray(example[self.targets], np.int32)}
+
+
 def stream_dataset(config: ml_collections.ConfigDict, train_source, eval_source, decode: Decode,
-                   meta: spec.Meta, process_index: int = 0,
-                   process_count: int = 1) -> spec.Dataset:
+                   meta: spec.Meta, process_index: int = 0, process_count: int = 1,
+                   finish: Finish | None = None) -> spec.Dataset:
   """A `spec.Dataset` read from two random-access sources, each record made an example by
-  `decode` (a module-level function: grain's workers unpickle it by reference)."""
+  `decode`, each batch finished by `finish` (both run in grain's workers: a module-level
+  function or a dataclass instance, which they unpickle)."""
   workers = config.data.workers
   train = TrainBatch(train_source, decode, config.seed, config.batch_size,
-                     pipeline.process_rows(config.batch_size, process_index, process_count))
+                     pipeline.process_rows(config.batch_size, process_index, process_count),
+                     finish)
   evals = EvalBatch(eval_source, decode, config.eval_batch_size,
-                    pipeline.process_rows(config.eval_batch_size, process_index, process_count))
+                    pipeline.process_rows(config.eval_batch_size, process_index, process_count),
+                    finish)
   return spec.Dataset(train_batch=StepStream(train, workers),
                       eval_batches=lambda: eval_batches(evals, workers),
                       num_eval_examples=len(eval_source), meta=meta)
-
-
-def tfds_dataset(config: ml_collections.ConfigDict, name: str, decode: Decode, meta: spec.Meta,
-                 process_index: int = 0, process_count: int = 1,
-                 required_files: tuple[str, ...] = ()) -> spec.Dataset:
-  """TFDS dataset `name` streamed from its ArrayRecord build (config.data's splits and dirs)."""
-  data = config.data
-  data_dir = data.data_dir or tfds_build.default_data_dir()
-  train, test = (tfds_source(name, split, data_dir, data.manual_dir or None, required_files)
-                 for split in (data.train_split, data.eval_split))
-  return stream_dataset(config, train, test, decode, meta, process_index, process_count)
 
 
 def announce(name: str, kind: str, why: str, workers: int, process_index: int = 0) -> None:
