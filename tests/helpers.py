@@ -121,7 +121,7 @@ def lm_and_params(variant: str) -> tuple[nn.Module, dict]:
   return model, init_lm_params(model, 16)
 
 
-def store_toy_tfds(data_dir: str, name: str = 'toy_shapes') -> None:
+def store_toy_tfds(data_dir: str, name: str = 'toy_shapes', file_format: str | None = None) -> None:
   """A brand-new TFDS dataset no module of research/ knows, stored in DATA_DIR as any user's
   would be (tfds.dataset_builders.store_as_tfds_dataset): 8x8x3 uint8 images whose class (one of
   3) is which third of the image is bright, and a text feature; train 48, test 12 examples."""
@@ -143,7 +143,8 @@ def store_toy_tfds(data_dir: str, name: str = 'toy_shapes') -> None:
           'image': tfds.features.Image(shape=(8, 8, 3)),
           'label': tfds.features.ClassLabel(names=['left', 'middle', 'right']),
           'caption': tfds.features.Text()}),
-      split_datasets={'train': list(examples(48, 0)), 'test': list(examples(12, 1))})
+      split_datasets={'train': list(examples(48, 0)), 'test': list(examples(12, 1))},
+      file_format=file_format)
 def record_features(i: int) -> np.ndarray:
   """Record i of write_record_shards: its id, then 5 features (int16)."""
   return np.array([i, i * 3, -i, 7, i % 5, 100 - i], np.int16)

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from helpers import decode_record as decode
 from helpers import record_features as features
+from helpers import store_toy_tfds
 from helpers import write_record_shards as write_shards
 
+from research import data
 from research.config import base_config
 from research.data import pipeline, streaming
 from research.errors import ConfigError
@@ -33,7 +35,8 @@ def dataset(shards, process_index=0, process_count=1, **kw):
 
 
 def equal(a, b):
-  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype
+                                     for k in a)
 
 
 def test_train_batches_are_a_pure_function_of_seed_and_step_and_match_the_in_memory_path(shards):
@@ -111,3 +114,22 @@ def test_the_source_is_chosen_by_key_or_size():
   assert streaming.choose_source('auto', 2 << 30)[0] == 'stream'
   with pytest.raises(ConfigError, match="config.data.source='disk'"):
     streaming.choose_source('disk', None)
+
+
+def test_a_tfds_dataset_streams_the_in_memory_batches_with_random_ops(tmp_path):
+  """A TFDS dataset no code knows, stored as tfrecord (read into memory) and as ArrayRecord in
+  data_dir/array_record (streamed, the ops run by the stream): the same batches for every step."""
+  store_toy_tfds(str(tmp_path))
+  store_toy_tfds(str(tmp_path / streaming.ARRAY_RECORD_SUBDIR), file_format='array_record')
+  c = base_config()
+  c.batch_size, c.eval_batch_size, c.data.workers = 8, 5, 0
+  c.data.update(name='toy_shapes', data_dir=str(tmp_path), manual_dir='',
+                preprocess='value_range(0, 1)|random_crop(6)|flip_lr')
+  memory = data.get_dataset(c.copy_and_resolve_references())
+  c.data.source = 'stream'
+  streamed = data.get_dataset(c)
+  assert streamed.meta == memory.meta
+  for step in (0, 1, 2, 9, 3):
+    assert equal(streamed.train_batch(step), memory.train_batch(step))
+  for a, b in zip(streamed.eval_batches(), memory.eval_batches(), strict=True):
+    assert equal(a, b)

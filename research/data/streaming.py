@@ -34,7 +34,6 @@ import numpy as np
 from absl import flags, logging
 from array_record.python.array_record_module import ArrayRecordReader
 
-from research import console
 from research.data import pipeline, spec, tfds_build
 from research.errors import ConfigError
 
@@ -318,8 +317,8 @@ def stream_dataset(config: ml_collections.ConfigDict, train_source, eval_source,
 
 
 def announce(name: str, kind: str, why: str, workers: int, process_index: int = 0) -> None:
-  """The data path, stated once on the console and in the log."""
+  """The data path, stated once in the log (WORKDIR/log.txt)."""
   if process_index == 0:
-    how = f'streamed through grain ({workers} worker processes)' if kind == 'stream' else \
-        'in memory'
-    console.show(f'Data: {name} {how}; {why}.')
+    how = (f'streamed through grain ({workers} worker processes)' if kind == 'stream'
+           else 'in memory')
+    logging.info('Data: %s %s; %s.', name, how, why)
