@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import pytest
 import numpy as np
+import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 import experiments.mnist_mlp as mnist_mlp
