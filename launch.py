@@ -42,6 +42,16 @@ flags.DEFINE_integer('top_k', 200, '--mode=sample: sample among the k likeliest;
 flags.DEFINE_integer('seed', 0, '--mode=sample: sampling seed.')
 flags.DEFINE_bool('sweep', False, 'Short for --mode=sweep.')
 flags.DEFINE_integer('parallel', 1, 'Sweep points run at once, as local processes.')
+flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'Sweep points as local processes, '
+                  'or as SLURM batch jobs (sbatch; resources from the flags below and the '
+                  "experiment's Sweep(slurm={...}); research/tools/slurm.py).")
+flags.DEFINE_string('slurm_partition', None, '--executor=slurm: partition (default: SLURM\'s).')
+flags.DEFINE_string('slurm_time', None, '--executor=slurm: time limit per job, e.g. 30 or 2:00:00.')
+flags.DEFINE_integer('slurm_ntasks', None, '--executor=slurm: processes per point (default 1).')
+flags.DEFINE_integer('slurm_cpus_per_task', None, '--executor=slurm: CPUs per process.')
+flags.DEFINE_integer('slurm_gpus_per_task', None, '--executor=slurm: GPUs per process.')
+flags.DEFINE_string('slurm_options', None, '--executor=slurm: more sbatch options, e.g. '
+                    '"--qos=short --mem=8G".')
 flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                   'Join a multi-process job (research/distributed.py): auto = when the three '
                   'flags below are given or SLURM / Cloud TPU / GKE is detected.')
@@ -77,6 +87,8 @@ def main(argv: list[str]) -> None:
       raise ConfigError('--config and --workdir are required '
                         '(e.g. --config=experiments/mnist_mlp.py --workdir=/tmp/run); '
                         '--mode=report and --mode=export need only --workdir.')
+    if FLAGS.executor != 'local' and FLAGS.mode != 'sweep':
+      raise ConfigError(f'--executor={FLAGS.executor} applies to sweeps only (add --sweep).')
     if FLAGS.mode in ('train', 'dryrun', 'benchmark'):
       join_distributed_job()
     if FLAGS.mode == 'train':
@@ -94,7 +106,9 @@ def main(argv: list[str]) -> None:
     elif FLAGS.mode == 'sweep':
       from research.tools.sweep_run import cli
 
-      sys.exit(cli(FLAGS['config'], FLAGS.workdir, FLAGS.parallel))
+      slurm_flags = {k: FLAGS[f'slurm_{k}'].value for k in
+                     ('partition', 'time', 'ntasks', 'cpus_per_task', 'gpus_per_task', 'options')}
+      sys.exit(cli(FLAGS['config'], FLAGS.workdir, FLAGS.parallel, FLAGS.executor, slurm_flags))
     elif FLAGS.mode == 'sample':
       from research.tools.sample import sample_from_workdir
 

@@ -44,6 +44,9 @@ _UNSAFE = re.compile(r'[^A-Za-z0-9._=+-]')
 class Sweep:
   points: list[Point]
   baseline: Point | None = None  # A setting (seed ignored); None = the first point's setting.
+  # --executor=slurm: partition, time, ntasks, cpus_per_task, gpus_per_task, options (sbatch
+  # options); --slurm_* flags override. None = the flags alone (research/tools/slurm.py).
+  slurm: dict | None = None
 
 
 # --- Building points ---------------------------------------------------------------------------
@@ -178,10 +181,11 @@ def setting_names(points: Sequence[Point]) -> list[str]:
 
 def normalize(spec: Any) -> Sweep:
   """A get_sweep() result (list of dicts, Sweep, or {'points', 'baseline'}) as a checked Sweep."""
+  slurm = None
   if isinstance(spec, Sweep):
-    points, baseline = spec.points, spec.baseline
+    points, baseline, slurm = spec.points, spec.baseline, spec.slurm
   elif isinstance(spec, dict) and 'points' in spec:
-    points, baseline = spec['points'], spec.get('baseline')
+    points, baseline, slurm = spec['points'], spec.get('baseline'), spec.get('slurm')
   else:
     points, baseline = spec, None
   points = _as_points(points or [])
@@ -197,7 +201,9 @@ def normalize(spec: Any) -> Sweep:
     baseline = setting_of(_as_points(baseline)[0])
     if baseline not in [setting_of(p) for p in points]:
       raise ConfigError(f'The sweep baseline {baseline} is not one of its settings.')
-  return Sweep(points, baseline)
+  if slurm is not None and not isinstance(slurm, dict):
+    raise ConfigError(f'Sweep(slurm=...) must be a dict of SLURM resources, got {slurm!r}.')
+  return Sweep(points, baseline, slurm)
 
 
 def load(config_arg: str) -> Sweep:

@@ -1,13 +1,19 @@
-"""Runs a sweep: one `launch.py` subprocess per point, each in DIR/<point name>.
+"""Runs a sweep: one `launch.py` subprocess (or SLURM job) per point, each in DIR/<point name>.
 
 A subprocess per point isolates failures (a crash or NaN in one point leaves the others running)
 and reuses the trainer's resume: a finished point (summary.json at num_train_steps) is skipped, an
 interrupted one is started again and resumes from its checkpoints. Nothing is ever deleted.
 DIR/sweep.json records every point's status, so the report can list failures.
+
+`--executor=slurm` submits each point as a batch job instead (research/tools/slurm.py) and waits
+for them with the same bookkeeping; the job ids in sweep.json refuse a second submission while
+the first one's jobs are queued or running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -25,15 +31,19 @@ import ml_collections
 from absl import logging
 from ml_collections import config_flags
 
+from research import console
 from research.config_checks import check_workdir
 from research.errors import ConfigError
+from research.tools import slurm
 from research.tools import sweep as sweep_lib
 
 # Three levels up from research/tools/sweep_run.py: the folder of launch.py.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST = 'sweep.json'
 LOG_FILE = 'launch.log'
-_ERROR_LINE = re.compile(r'^(error: |[\w.]*(Error|Exception)\b)')
+_ERROR_LINE = re.compile(r'^(\d+: )?(error: |[\w.]*(Error|Exception)\b)')
+_SLURM_ERROR_LINE = re.compile(r'^(srun|sbatch|slurmstepd)[\w-]*: error: ')  # SLURM's own words.
+PREFLIGHT = 'preflight: '  # launch.py's line before the first step: training had started.
 
 
 # --- The state of one point's directory --------------------------------------------------------
@@ -64,15 +74,17 @@ def point_state(point_dir: str, num_train_steps: int) -> str:
 
 
 def error_from_log(log_path: str, returncode: int) -> str:
-  """The last error line of a failed point's log (the exception message), else its exit code."""
+  """The last error line of a failed point's log (the exception message), else SLURM's last error
+  line, else its exit code."""
   try:
     with open(log_path, errors='replace') as f:
       lines = f.read()[-20000:].splitlines()
   except OSError:
     lines = []
-  for line in reversed(lines):
-    if _ERROR_LINE.match(line.strip()):
-      return line.strip()[:500]
+  for pattern in (_ERROR_LINE, _SLURM_ERROR_LINE):  # The program's words, else SLURM's.
+    for line in reversed(lines):
+      if pattern.match(line.strip()):
+        return line.strip()[:500]
   return f'exit code {returncode}'
 
 
@@ -101,13 +113,16 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(entries: Sequence[dict], walls: Sequence[float], parallel: int) -> str:
-  count = {s: sum(e['status'] == s for e in entries) for s in ('done', 'failed', 'running')}
+  count = {s: sum(e['status'] == s for e in entries)
+           for s in ('done', 'failed', 'running', 'pending')}
   left = len(entries) - count['done'] - count['failed']
+  queued = (f', {count["pending"]} pending in SLURM' if any(e.get('job_id') for e in entries)
+            else '')
   eta = ''
   if walls and left:
     eta = f', ETA {_duration(sum(walls) / len(walls) * math.ceil(left / max(parallel, 1)))}'
   return (f'sweep: {count["done"]}/{len(entries)} done, {count["failed"]} failed, {left} left '
-          f'({count["running"]} running){eta}')
+          f'({count["running"]} running{queued}){eta}')
 
 
 # --- Running -----------------------------------------------------------------------------------
@@ -167,16 +182,24 @@ def plan(config: ml_collections.ConfigDict, workdir: str, sweep: sweep_lib.Sweep
 def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
               shared: dict[str, Any] | None = None, parallel: int = 1,
               sweep: sweep_lib.Sweep | None = None, start: Starter = _popen,
-              poll_seconds: float = 0.5) -> dict:
+              poll_seconds: float = 0.5, executor: str = 'local',
+              slurm_flags: dict | None = None) -> dict:
   """Runs every point of the sweep not yet finished; returns the manifest (also DIR/sweep.json).
 
   `config` is the resolved config of `config_arg` (with the `shared` command-line overrides);
-  it is used to check every point before anything runs. `start` starts one point's command.
+  it is used to check every point before anything runs. `start` starts one point's command
+  (local executor); `slurm_flags` are the --slurm_* flags (slurm executor).
   """
   if parallel < 1:
     raise ConfigError(f'--parallel must be >= 1, got {parallel}.')
+  if executor not in ('local', 'slurm'):
+    raise ConfigError(f'--executor must be local or slurm, got {executor!r}.')
   sweep = sweep if sweep is not None else sweep_lib.load(config_arg)
   sweep_lib.validate(config, sweep.points)
+  res = None
+  if executor == 'slurm':  # SLURM answers and accepts the request, before anything is written.
+    res = slurm.resources(sweep.slurm, slurm_flags or {})
+    slurm.check(res)
   check_workdir(workdir)
   shared = dict(shared or {})
   wandb = config.get('wandb')
@@ -184,19 +207,27 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
     shared['wandb.group'] = os.path.basename(os.path.abspath(workdir))  # One W&B group per sweep.
   lock = lock_workdir(workdir)
   try:
+    if res is not None:
+      refuse_while_jobs_run(workdir)
     entries = plan(config, workdir, sweep)
     baseline = (sweep.baseline if sweep.baseline is not None
                 else sweep_lib.setting_of(sweep.points[0]))
     baseline_name = next(e['setting'] for e in entries
                          if sweep_lib.setting_of(e['overrides']) == baseline)
     manifest = {'config': config_arg, 'shared_overrides': shared,
-                'baseline': baseline_name, 'parallel': parallel, 'points': entries}
+                'baseline': baseline_name, 'parallel': parallel, 'executor': executor,
+                'points': entries}
+    if res is not None:
+      manifest['slurm'] = dataclasses.asdict(res)
     write_manifest(workdir, manifest)
     skipped = sum(e['skipped'] for e in entries)
     logging.info('Sweep of %d points in %s: %d already finished (skipped), %d to run, '
                  '%d at a time.', len(entries), workdir, skipped, len(entries) - skipped,
                  parallel)
-    _run_queue(workdir, manifest, start, poll_seconds)
+    if res is None:
+      _run_queue(workdir, manifest, start, poll_seconds)
+    else:
+      _run_slurm_jobs(workdir, manifest, res, poll_seconds)
   finally:
     lock.close()
   logging.info('%s', progress_line(manifest['points'], [], parallel))
@@ -264,8 +295,91 @@ def _run_queue(workdir: str, manifest: dict, start: Starter, poll_seconds: float
     write_manifest(workdir, manifest)
     raise
 
-def cli(config_flag, workdir: str, parallel: int) -> int:
-  """`launch.py --mode=sweep`: runs the sweep; exit status 1 if any point failed."""
+def refuse_while_jobs_run(workdir: str) -> None:
+  """A second submission while the jobs of the first are queued or running would train the same
+  points twice at once (the first submitter may have died, its jobs live on)."""
+  before = (read_json(os.path.join(workdir, MANIFEST)) or {}).get('points', [])
+  live = slurm.active([e['job_id'] for e in before if e.get('job_id')])
+  if live:
+    raise ConfigError(f'SLURM jobs {live} of an earlier submission of this sweep are still queued '
+                      f'or running (squeue -j {",".join(live)}); wait for them or scancel them, '
+                      'then run this again (finished points are kept).')
+
+
+def _submit(workdir: str, manifest: dict, entry: dict, res: slurm.Resources) -> None:
+  point_dir = os.path.join(workdir, entry['name'])
+  os.makedirs(point_dir, exist_ok=True)
+  cmd = launch_command(manifest['config'], point_dir,
+                       {'progress_bar': False, **manifest['shared_overrides'],
+                        **entry['overrides']})
+  name = f'{os.path.basename(os.path.abspath(workdir))}/{entry["name"]}'
+  script = os.path.join(point_dir, 'slurm_job.sh')
+  with open(script, 'w') as f:
+    f.write(slurm.job_script(cmd, point_dir, os.path.join(point_dir, LOG_FILE), name, res,
+                             os.getcwd()))
+  with open(os.path.join(point_dir, LOG_FILE), 'a') as log:
+    log.write(f'\n$ sbatch {script}  # srun {" ".join(cmd)}\n')
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(point_dir, slurm.EXIT_FILE))  # An earlier job's.
+  entry.update(job_id=slurm.submit(script), status='pending', submitted=time.time())
+  console.show(f'submitted {entry["name"]} as SLURM job {entry["job_id"]}'
+               + (' (resuming)' if entry['resumed'] else ''))
+
+
+def _job_ended(workdir: str, entry: dict, state: str | None) -> None:
+  """Records a finished job: the exit code its script wrote, else SLURM's final state."""
+  point_dir = os.path.join(workdir, entry['name'])
+  log_path = os.path.join(point_dir, LOG_FILE)
+  try:
+    with open(os.path.join(point_dir, slurm.EXIT_FILE)) as f:
+      returncode = int(f.read().strip())
+  except (OSError, ValueError):
+    returncode = None
+  start = entry.pop('started', None) or entry.pop('submitted', time.time())
+  entry.pop('submitted', None)
+  _finish(workdir, entry, 1 if returncode is None else returncode, log_path, time.time() - start)
+  if returncode is None:
+    entry['returncode'] = None
+    entry['error'] = (f'SLURM job {entry["job_id"]} ended {state or "(no longer in squeue)"} '
+                      f'before launch.py did: {error_from_log(log_path, 1)}')
+  try:
+    with open(log_path, errors='replace') as f:
+      this_run = f.read().rsplit('\n$ sbatch ', 1)[-1]
+  except OSError:
+    this_run = ''
+  entry['before_training'] = entry['status'] == 'failed' and PREFLIGHT not in this_run
+
+
+def _run_slurm_jobs(workdir: str, manifest: dict, res: slurm.Resources,
+                    poll_seconds: float) -> None:
+  """Submits every pending point as a job, then follows them until all have ended; a progress
+  line (done / failed / running / pending in SLURM) on the terminal whenever it changes."""
+  entries, walls, shown = manifest['points'], [], ['']
+
+  def save() -> None:
+    write_manifest(workdir, manifest)
+    running = sum(e['status'] == 'running' for e in entries)
+    line = progress_line(entries, walls, max(1, running))
+    if line.split(', ETA')[0] != shown[0].split(', ETA')[0]:
+      console.show(line)
+    shown[0] = line
+
+  def ended(entry: dict, state: str | None) -> None:
+    _job_ended(workdir, entry, state)
+    walls.append(entry['wall_seconds'])
+    console.show(f'{entry["status"]}: {entry["name"]} (job {entry["job_id"]})'
+                 + (f': {entry["error"]}' if entry['error'] else ''))
+    save()
+
+  slurm.follow_jobs([e for e in entries if e['status'] == 'pending'],
+                    submit=lambda e: _submit(workdir, manifest, e, res), ended=ended,
+                    save=save, poll_seconds=poll_seconds)
+
+
+def cli(config_flag, workdir: str, parallel: int, executor: str = 'local',
+        slurm_flags: dict | None = None) -> int:
+  """`launch.py --mode=sweep`: runs the sweep; exit status 1 if any point failed, 2 if a SLURM job
+  failed before training (its error line, often SLURM's own, is printed)."""
   def stop(signum, frame):
     raise KeyboardInterrupt(f'signal {signum}')
 
@@ -273,7 +387,7 @@ def cli(config_flag, workdir: str, parallel: int) -> int:
   try:
     manifest = run_sweep(config_flags.get_config_filename(config_flag), config_flag.value,
                          workdir, shared=dict(config_flags.get_override_values(config_flag)),
-                         parallel=parallel)
+                         parallel=parallel, executor=executor, slurm_flags=slurm_flags)
   except KeyboardInterrupt:
     print('error: sweep interrupted; running points were stopped and keep their checkpoints. '
           'Run the same command again to resume (finished points are skipped).',
@@ -282,6 +396,13 @@ def cli(config_flag, workdir: str, parallel: int) -> int:
   failed = [e for e in manifest['points'] if e['status'] == 'failed']
   for e in failed:
     print(f'failed: {e["name"]}: {e["error"]}', file=sys.stderr)
+  early = [e for e in failed if e.get('before_training')]
+  if early:
+    e = early[0]
+    print(f'error: {len(early)} SLURM job(s) failed before training; the first, {e["name"]} '
+          f'(job {e["job_id"]}, exit code {e["returncode"]}): {e["error"]} (log: '
+          f'{os.path.join(workdir, e["name"], LOG_FILE)})', file=sys.stderr)
+    return 2
   if failed:
     print(f'error: {len(failed)} of {len(manifest["points"])} sweep points failed (see '
           f'{os.path.join(workdir, MANIFEST)}); the others finished. Summarize with '

@@ -7,22 +7,32 @@ preemption and requeue, a task killed outright.
   `scontrol requeue` resumes it and it ends with the metrics of an uninterrupted run.
 * One task of a 2-task job killed with SIGKILL: the other names it and exits, never hangs; the
   job submitted again resumes from the last complete checkpoint.
+* `--sweep --executor=slurm`: points as jobs, a second submission refused (while the first sweep
+  runs, and while its jobs do), a job that fails before training, a re-run that resubmits only
+  what did not finish, the report; what SLURM refuses is one `error:` line, exit 2.
 
 Skipped without a reachable cluster, failed instead under CI. Every job has a time limit and
 every wait a deadline, so a regression fails instead of hanging.
 """
 
+import json
 import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 from conftest import REPO, require_slurm
-from helpers import assert_same_run, ensure_mnist, read_metrics
+from helpers import assert_same_run, ensure_mnist, read_metrics, small_mlp_config
+
+from research.errors import ConfigError
+from research.tools import sweep as s
+from research.tools import sweep_run
+from research.tools.report import write_report
 
 LAUNCH = [sys.executable, os.path.join(REPO, 'launch.py')]
 LM_ARGS = ['--config=experiments/shakespeare_char.py:tiny', '--config.num_train_steps=8',
@@ -193,3 +203,111 @@ def test_a_task_killed_outright_stops_the_other_and_a_resubmission_resumes(
   assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), text[-3000:]
   assert f'0: Resumed from step {last} ' in text, text[-3000:]
   assert read_metrics(str(workdir))[-1]['step'] == 60
+
+
+SWEEP_EXPERIMENT = textwrap.dedent('''
+    from experiments.mnist_mlp import get_config as mnist_config
+    from research.tools.sweep import Sweep
+
+    def get_config():
+      c = mnist_config('smoke')
+      c.num_train_steps, c.log_every_steps = 8, 4
+      c.eval_every_steps = c.checkpoint_every_steps = 4
+      c.optimizer.warmup_steps = 0
+      c.model.widths = (16,)
+      return c
+
+    def get_sweep():  # The last point cannot find its data: it fails before training.
+      return Sweep([{'optimizer.learning_rate': 1e-3}, {'optimizer.learning_rate': 3e-3},
+                    {'optimizer.learning_rate': 1e-2, 'data.data_dir': 'EMPTY',
+                     'data.manual_dir': 'EMPTY'}], slurm={'time': '5', 'ntasks': 1})
+''')
+
+
+def sweep_launch(exp, workdir, data_dir, *extra) -> list[str]:
+  return ['timeout', '-s', 'KILL', '300', *LAUNCH, f'--config={exp}', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', '--sweep', '--executor=slurm', *extra]
+
+
+def test_sweep_as_slurm_jobs(slurm, tmp_path, data_dir):
+  ensure_mnist(data_dir)
+  exp, workdir = tmp_path / 'exp.py', tmp_path / 'sw'
+  exp.write_text(SWEEP_EXPERIMENT.replace('EMPTY', str(tmp_path / 'empty')))
+  first = subprocess.Popen(sweep_launch(exp, workdir, data_dir), cwd=REPO, env=job_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  manifest = workdir / 'sweep.json'
+  deadline = time.monotonic() + WAIT_S
+  while not (manifest.exists() and '"job_id"' in manifest.read_text()):
+    assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+    time.sleep(0.2)
+  second = subprocess.run(sweep_launch(exp, workdir, data_dir), cwd=REPO, env=job_env(),
+                          capture_output=True, text=True)
+  assert second.returncode == 2 and 'error: Another sweep (pid' in second.stderr, second.stderr
+  out, err = first.communicate(timeout=WAIT_S)
+  assert first.returncode == 2, err[-3000:]  # A job failed before training.
+  assert re.search(r'sweep: 2/3 done, 1 failed, 0 left \(0 running, 0 pending in SLURM\)', out)
+  points = json.loads(manifest.read_text())['points']
+  assert [p['status'] for p in points] == ['done', 'done', 'failed'], points
+  assert points[2]['returncode'] == 2 and points[2]['before_training']
+  assert points[2]['error'].startswith("error: Dataset 'mnist' is not built"), points[2]
+  assert f'(job {points[2]["job_id"]}, exit code 2): error: Dataset' in err, err[-3000:]
+  write_report(str(workdir))
+  assert '2 done, 1 failed' in (workdir / 'report.md').read_text()
+  # Again: the finished points are skipped, only the failed one is submitted.
+  again = subprocess.run(sweep_launch(exp, workdir, data_dir), cwd=REPO, env=job_env(),
+                         capture_output=True, text=True)
+  assert again.returncode == 2 and again.stdout.count('submitted ') == 1, again.stdout
+  assert f'submitted {points[2]["name"]} as SLURM job' in again.stdout
+  again_points = json.loads(manifest.read_text())['points']
+  assert [p['skipped'] for p in again_points] == [True, True, False]
+
+
+def test_sweep_refused_while_an_earlier_submissions_jobs_run(slurm, tmp_path):
+  workdir = tmp_path / 'sw'
+  workdir.mkdir()
+  live = sbatch(slurm, 'sleep 120', str(tmp_path / 'sleep.out'))
+  before = {'points': [{'name': 'seed=0', 'job_id': live, 'status': 'running'}]}
+  (workdir / 'sweep.json').write_text(json.dumps(before))
+  with pytest.raises(ConfigError, match=rf'SLURM jobs \[.{live}.\] of an earlier submission'):
+    sweep_run.run_sweep('x.py', small_mlp_config(), str(workdir), executor='slurm',
+                        sweep=s.Sweep([{'seed': 0}]))
+  assert json.loads((workdir / 'sweep.json').read_text()) == before  # Untouched.
+  subprocess.run(['scancel', live], timeout=30)
+
+
+def down_conf(tmp_path) -> str:
+  """This cluster's slurm.conf with a port nobody listens on: slurmctld is 'down'."""
+  conf = subprocess.run(['scontrol', 'show', 'config'], capture_output=True, text=True).stdout
+  path = re.search(r'SLURM_CONF\s*=\s*(\S+)', conf).group(1)
+  text = open(path).read() + '\nSlurmctldPort=1\nMessageTimeout=1\n'  # Fail fast.
+  (tmp_path / 'slurm.conf').write_text(text)
+  return str(tmp_path / 'slurm.conf')
+
+
+@pytest.mark.parametrize('flags, words', [
+    ({'partition': 'nope'}, 'invalid partition specified: nope'),
+    ({'time': 'soon'}, 'Invalid --time specification'),
+    ({'cpus_per_task': 4096}, 'Requested node configuration is not available'),
+    ({'options': '--no-such-option'}, "unrecognized option '--no-such-option'"),
+    ('down', 'Unable to contact slurm controller'),
+])
+def test_what_slurm_refuses_is_one_error_before_anything_is_written(
+    slurm, tmp_path, monkeypatch, flags, words):
+  if flags == 'down':
+    monkeypatch.setenv('SLURM_CONF', down_conf(tmp_path))
+    flags = {}
+  match = f'SLURM refused the sweep.s job request .*{re.escape(words)}'
+  with pytest.raises(ConfigError, match=match):
+    sweep_run.run_sweep('x.py', small_mlp_config(), str(tmp_path / 'sw'), executor='slurm',
+                        sweep=s.Sweep([{'seed': 0}]), slurm_flags=flags)
+  assert not (tmp_path / 'sw').exists()
+
+
+def test_launch_with_an_unknown_partition_exits_2(slurm, tmp_path):
+  result = subprocess.run(sweep_launch('experiments/mnist_mlp.py:smoke', tmp_path / 'sw',
+                                       tmp_path / 'data', '--slurm_partition=nope'),
+                          cwd=REPO, env=job_env(), capture_output=True, text=True)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith('error: SLURM refused the sweep')
+  assert 'invalid partition specified: nope' in result.stderr
+  assert not (tmp_path / 'sw').exists()
