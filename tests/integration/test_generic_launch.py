@@ -47,6 +47,25 @@ def test_a_new_tfds_dataset_trains_and_exports_by_config_alone(tmp_path, new_dat
   assert os.path.exists(workdir / 'export' / 'dataset.json')
 
 
+def test_augmented_training_resumes_exactly(tmp_path, new_dataset_dir):
+  """Random crops and flips are a function of (seed, step, row): 3 steps, then 3 more after a
+  restart, log the same metrics as 6 steps straight."""
+  args = [*SMOKE, '--config.data.name=brand_new_shapes', '--config.data.manual_dir=',
+          f'--config.data.data_dir={new_dataset_dir}', '--config.checkpoint_every_steps=3',
+          '--config.data.preprocess=value_range(0, 1)|random_crop(6, pad=1)|flip_lr']
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  for workdir, steps in ((straight, [6]), (resumed, [3, 6])):
+    for n in steps:
+      result = run_launch([*args, f'--workdir={workdir}', f'--config.num_train_steps={n}'])
+      assert result.returncode == 0, result.stderr[-3000:]
+
+  def train_metrics(workdir):
+    rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+    return {r['step']: r for r in rows if r['split'] == 'train'}
+
+  assert train_metrics(straight)[6] == train_metrics(resumed)[6]
+
+
 def test_a_text_feature_of_a_new_tfds_dataset_trains_a_language_model(tmp_path,
                                                                        new_dataset_dir):
   args = ['--config=experiments/shakespeare_char.py:tiny', f'--workdir={tmp_path}',
