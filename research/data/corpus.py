@@ -154,7 +154,7 @@ def encode_block(tokenizer: Tokenizer, block: bytes, lengths: np.ndarray,
   if isinstance(tokenizer, CharVocab):
     raw = np.frombuffer(block, np.uint8)
     if block.isascii():
-      lut = np.full(256, -1, np.int64)
+      lut = np.full(256, -1, np.int32)
       codes = np.array([ord(c) for c in tokenizer.chars])
       ascii_ids = np.flatnonzero(codes < 128)
       lut[codes[ascii_ids]] = ascii_ids
