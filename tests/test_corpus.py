@@ -65,10 +65,12 @@ def test_doc_lengths_keep_the_separator():
   assert list(corpus.doc_lengths(b'abc', b'')) == [3]
 
 
-def test_shards_round_trip_with_document_starts(tmp_path):
+@pytest.mark.parametrize('every', [1, 2, 256])  # The sparse index of document starts.
+def test_shards_round_trip_with_document_starts(tmp_path, monkeypatch, every):
+  monkeypatch.setattr(corpus, 'DOC_INDEX_EVERY', every)
   data, vocab = build(tmp_path)
   train = data.splits['train']
-  assert len(train.tokens) > 2  # shard_tokens=20 cuts the train text into several shards.
+  assert len(train.token_files) > 2  # shard_tokens=20 cuts the train text into several shards.
   text = ''.join(TEXTS.values())
   assert vocab.decode(train.read(0, train.num_tokens)) == text
   manifest = json.load(open(os.path.join(data.folder, corpus.MANIFEST)))
@@ -80,7 +82,10 @@ def test_shards_round_trip_with_document_starts(tmp_path):
           'Über den Fluß.\n\n', 'End — fin.\n\n']
   expected = np.cumsum([0] + [len(d) for d in docs[:-1]])
   np.testing.assert_array_equal(train.doc_starts_in(0, train.num_tokens), expected)
-  np.testing.assert_array_equal(train.doc_starts_in(23, 66), expected[1:3])  # [start, stop).
+  for a in range(0, 90, 7):  # Every [start, stop), within and across shards.
+    for b in range(a + 1, 92, 5):
+      np.testing.assert_array_equal(train.doc_starts_in(a, b),
+                                    expected[(expected >= a) & (expected < b)])
   # A read across a shard boundary.
   np.testing.assert_array_equal(train.read(15, 20), vocab.encode(text[15:35]))
 

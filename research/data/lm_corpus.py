@@ -1,11 +1,12 @@
 """A language model on a text corpus larger than RAM: tokenized once into shards (corpus.py).
 
 config.data.name = 'lm_corpus'. config.data.corpus.train_files (globs) are tokenized once into
-`<cache_dir>/<key>/` and read with np.memmap; the eval split is config.data.corpus.eval_files, or
-else the documents in the last eval_fraction of the train files' bytes (nanoGPT's 90/10 split,
-at a document boundary). The tokenizer: the workdir's vocab.json when resuming, else the file
-config.data.corpus.tokenizer (any kind `load_tokenizer` reads), else the characters of the train
-files; it is saved as WORKDIR/vocab.json, so a resumed run and sampling reuse it.
+`<cache_dir>/<key>/` and read a window at a time; the eval split is
+config.data.corpus.eval_files, or else the documents in the last eval_fraction of the train
+files' bytes (nanoGPT's 90/10 split, at a document boundary). The tokenizer: the workdir's
+vocab.json when resuming, else the file config.data.corpus.tokenizer (any kind `load_tokenizer`
+reads), else the characters of the train files; it is saved as WORKDIR/vocab.json, so a resumed
+run and sampling reuse it.
 
 Train batches are windows of block_size + 1 tokens at uniform random positions of the train
 stream (documents back to back), drawn from a generator seeded by (seed, step), as Tiny
