@@ -5,9 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import require_fixture
 
 from research.config import base_config
 from research.data import get_dataset, lm_corpus
+from research.data.tokenizers import HFTokenizer
 from research.errors import ConfigError
 
 # 40 documents of varied length, blank-line separated.
@@ -118,3 +120,21 @@ def test_bad_corpus_config(tmp_path):
   config = corpus_config(tmp_path, block_size=10_000)
   with pytest.raises(ConfigError, match='block_size=10000 is not shorter'):
     get_dataset(config)
+
+
+def test_a_subword_tokenizer_counts_the_bytes_of_its_tokens(tmp_path):
+  """A byte-level BPE (the gpt2_tiny fixture's tokenizer.json, saved as a vocab.json): documents
+  encoded one by one, and the eval's target bytes are the eval text's bytes but the first
+  token's (ASCII text, no special tokens added)."""
+  tok = HFTokenizer.from_file(os.path.join(require_fixture('hf/gpt2_tiny'), 'tokenizer.json'))
+  tok.save(str(tmp_path / 'bpe.json'))
+  config = corpus_config(tmp_path)
+  config.data.corpus.tokenizer = str(tmp_path / 'bpe.json')
+  ds = get_dataset(config)
+  assert ds.tokenizer.KIND == 'hf' and ds.meta.vocab_size == tok.vocab_size
+  batches = list(ds.eval_batches())
+  targets = np.concatenate([b['targets'][b['target_mask'] * b['mask'][:, None] > 0]
+                            for b in batches])
+  eval_bytes = sum(b['target_bytes'].sum() for b in batches)
+  assert eval_bytes == len(tok.decode(targets).encode('utf-8'))
+  assert eval_bytes > len(targets)  # Some tokens are several bytes: bits/byte < bits/token.
