@@ -61,6 +61,8 @@ BENCH_CASES = {
     'sst2_encoder': ('tiny', {'data.length_buckets': (16, 32), 'log_every_steps': 5,
                               'benchmark.loop_log_intervals': 1}),
     'sst2_pretrain_mlm': ('tiny', {'data.length_buckets': (16, 32)}),
+    'own_data_mnist': ('smoke', {}),  # The experiment's own get_data (docs/data.md).
+    'own_data_sst2': ('smoke', {}),
 }
 
 

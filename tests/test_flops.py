@@ -135,6 +135,8 @@ XLA_CASES = {
     # A smaller vocabulary, or the masked-LM head would dwarf attention.
     'sst2_pretrain_mlm': ('tiny', {**SMALL, **BUCKETS, 'batch_size': 64,
                                    'data.vocab_min_count': 300}),
+    'own_data_mnist': ('smoke', {'batch_size': 128, 'model.widths': (256,)}),  # mnist_mlp's.
+    'own_data_sst2': ('smoke', {**SMALL, 'batch_size': 256}),
 }
 # model / XLA FLOPs: XLA also counts elementwise ops, norms, softmax and the optimizer (a few %).
 BAND = (0.9, 1.02)
