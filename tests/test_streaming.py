@@ -133,3 +133,10 @@ def test_a_tfds_dataset_streams_the_in_memory_batches_with_random_ops(tmp_path):
     assert equal(streamed.train_batch(step), memory.train_batch(step))
   for a, b in zip(streamed.eval_batches(), memory.eval_batches(), strict=True):
     assert equal(a, b)
+
+
+def test_a_dataset_with_its_own_in_memory_module_refuses_to_stream():
+  c = base_config()
+  c.data.update(name='mnist1d', source='stream', data_dir='/nonexistent')
+  with pytest.raises(ConfigError, match="data.name='mnist1d' has a module of its own"):
+    data.get_dataset(c)

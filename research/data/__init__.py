@@ -15,11 +15,13 @@ import ml_collections
 from research.config import base_config
 from research.data import generic, lm_corpus, mnist1d, shakespeare, sst2
 from research.data.spec import Dataset, DatasetSpec, Meta
+from research.errors import ConfigError
 
 __all__ = ['DATASETS', 'Dataset', 'DatasetSpec', 'Meta', 'get_dataset', 'get_spec']
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec for spec in (shakespeare.SPEC, sst2.SPEC, mnist1d.SPEC, lm_corpus.SPEC)}
+IN_MEMORY = (shakespeare.SPEC, sst2.SPEC, mnist1d.SPEC)  # Modules that read the data into RAM.
 
 
 def get_spec(config: ml_collections.ConfigDict | str,
@@ -37,4 +39,9 @@ def get_spec(config: ml_collections.ConfigDict | str,
 def get_dataset(config: ml_collections.ConfigDict, process_index: int = 0,
                 process_count: int = 1, workdir: str | None = None) -> Dataset:
   """`workdir`: where a dataset with a tokenizer saves it (or finds it, when resuming)."""
-  return get_spec(config).get_dataset(config, process_index, process_count, workdir)
+  spec = get_spec(config)
+  if spec in IN_MEMORY and config.data.get('source') == 'stream':
+    raise ConfigError(f"config.data.source='stream': data.name={spec.name!r} has a module of its "
+                      "own that reads it into memory; streaming is the generic TFDS path's "
+                      "(set data.source='memory' or 'auto').")
+  return spec.get_dataset(config, process_index, process_count, workdir)
