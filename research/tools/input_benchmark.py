@@ -6,12 +6,14 @@ r"""How fast the input pipeline alone makes training batches: in memory vs strea
 For each path (config.data.source='memory', then 'stream' with each worker count) it makes the
 dataset, asks for train batches 0, 1, 2, ... as the loop's Prefetcher does (no model, no
 devices), and prints examples/s after the first `--warmup` batches (which include starting the
-worker processes). Printed, never asserted: the figures depend on the machine and its load.
+worker processes), and the CPU time spent per 1000 examples by this process and its workers
+(which other jobs on the machine do not inflate, unlike examples/s). Printed, never asserted.
 The loop's own input-wait share comes from `--mode=benchmark` (research/tools/benchmark.py).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
@@ -26,14 +28,30 @@ flags.DEFINE_integer('steps', 200, 'Timed batches per path.')
 flags.DEFINE_integer('warmup', 10, 'Untimed batches first (worker start-up, caches).')
 
 
-def examples_per_sec(dataset: data.Dataset, batch_size: int, steps: int, warmup: int) -> float:
-  """Batches 0..warmup+steps-1 in order; examples/s over the last `steps` of them."""
+def cpu_seconds() -> float:
+  """CPU time of this process and its live children (grain's workers), from /proc."""
+  total = time.process_time()
+  for child in multiprocessing.active_children():
+    try:
+      with open(f'/proc/{child.pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')  # utime, stime.
+    except (FileNotFoundError, IndexError):
+      pass
+  return total
+
+
+def measure(dataset: data.Dataset, batch_size: int, steps: int,
+            warmup: int) -> tuple[float, float]:
+  """Batches 0..warmup+steps-1 in order: (examples/s, CPU-s per 1000 examples) of the last
+  `steps` of them."""
   for step in range(warmup):
     dataset.train_batch(step)
-  t0 = time.perf_counter()
+  t0, cpu0 = time.perf_counter(), cpu_seconds()
   for step in range(warmup, warmup + steps):
     dataset.train_batch(step)
-  return steps * batch_size / (time.perf_counter() - t0)
+  examples = steps * batch_size
+  return examples / (time.perf_counter() - t0), (cpu_seconds() - cpu0) / examples * 1000
 
 
 def main(argv) -> None:
@@ -45,12 +63,12 @@ def main(argv) -> None:
   for source, workers in runs:
     config.data.source, config.data.workers = source, workers
     dataset = data.get_dataset(config)
-    rate = examples_per_sec(dataset, config.batch_size, flags.FLAGS.steps, flags.FLAGS.warmup)
+    rate, cpu = measure(dataset, config.batch_size, flags.FLAGS.steps, flags.FLAGS.warmup)
     if hasattr(dataset.train_batch, 'close'):
       dataset.train_batch.close()
     label = 'in memory' if source == 'memory' else f'streamed, {workers} workers'
-    print(f'  {label:22s} {rate:10,.0f} examples/s  ({rate / config.batch_size:,.1f} batches/s;'
-          f' load average {os.getloadavg()[0]:.2f})', flush=True)
+    print(f'  {label:22s} {rate:10,.0f} examples/s  {cpu:7.3f} CPU-s per 1000 examples  (load '
+          f'average {os.getloadavg()[0]:.2f})', flush=True)
 
 
 if __name__ == '__main__':
