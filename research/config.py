@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
   # one by one through grain from an ArrayRecord build; 'auto': stream above 1 GiB on disk.
   c.data.source = 'auto'
   c.data.workers = 1  # Streaming: grain worker processes decoding batches (0 = in the trainer).
+  # Text datasets: '' (the dataset's own: char or word) | char | word | sentencepiece (trained on
+  # the train split) | PATH.model (SentencePiece) | PATH/tokenizer.json (Hugging Face).
+  c.data.tokenizer = ''
+  c.data.vocab_size = 512  # data.tokenizer='sentencepiece': pieces to train.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # adamw | sgd | adafactor | lion

@@ -6,6 +6,7 @@ import json
 import ml_collections
 import numpy as np
 import pytest
+import tokenizers as hf_tokenizers
 
 from research import data
 from research.data import generic, tokenizers
@@ -80,3 +81,102 @@ def test_a_workdirs_meta_round_trips_through_json(tmp_path, name, config, saved)
 def test_a_name_no_module_claims_is_read_generically():
   assert isinstance(data.get_spec('mnist2d'), generic.GenericSpec)
   assert data.get_spec('mnist1d') is data.DATASETS['mnist1d']
+
+
+TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
+        'First Citizen:\nYou are all resolved rather to die than to famish?\n') * 20
+
+
+def test_sentencepiece_trains_deterministically_and_round_trips_text(tmp_path):
+  """Same text and size, same model bytes; decode(encode(text)) is the text, newlines and runs
+  of spaces included; WordVocab's reserved ids; saved in vocab.json and loaded back equal."""
+  a = tokenizers.SentencePiece.train([TEXT], 40)
+  assert a.model == tokenizers.SentencePiece.train([TEXT], 40).model
+  assert a.vocab_size == 40
+  assert [a.token_id(t) for t in tokenizers.SPECIALS] == [tokenizers.PAD, tokenizers.UNK,
+                                                         tokenizers.MASK]
+  for text in (TEXT, 'Speak,  speak.\n\n'):
+    assert a.decode(a.encode(text)) == text
+  assert len(a.encode(TEXT)) < len(TEXT)  # Subwords, not characters.
+  a.save(str(tmp_path / 'vocab.json'))
+  assert json.loads((tmp_path / 'vocab.json').read_text())['type'] == 'sentencepiece'
+  assert load_tokenizer(str(tmp_path / 'vocab.json'), 'char') == a  # Any text dataset takes it.
+  a.save_model(str(tmp_path / 'x.model'))
+  assert tokenizers.SentencePiece.from_file(str(tmp_path / 'x.model')) == a
+  ids, mask, cut = a.encode_batch(['All:', TEXT], max_len=8)
+  assert ids.shape == (2, 8) and cut == 1 and mask[0].sum() == len(a.encode('All:'))
+  with pytest.raises(ConfigError, match='cannot train config.data.vocab_size=100000'):
+    tokenizers.SentencePiece.train([TEXT], 100_000)
+
+
+def hf_tokenizer_file(path, model: str) -> str:
+  """A tokenizer.json of `model` (BPE, WordPiece or Unigram) trained by `tokenizers` on TEXT."""
+  models, trainers = hf_tokenizers.models, hf_tokenizers.trainers
+  trainer = {'bpe': trainers.BpeTrainer, 'wordpiece': trainers.WordPieceTrainer,
+             'unigram': trainers.UnigramTrainer}[model]
+  kwargs = {'unk_token': '[UNK]'} if model != 'bpe' else {}
+  tok = hf_tokenizers.Tokenizer({'bpe': models.BPE(unk_token='[UNK]'),
+                                 'wordpiece': models.WordPiece(unk_token='[UNK]'),
+                                 'unigram': models.Unigram()}[model])
+  tok.pre_tokenizer = hf_tokenizers.pre_tokenizers.Whitespace()
+  tok.train_from_iterator([TEXT], trainer(vocab_size=80, special_tokens=['[PAD]', '[UNK]'],
+                                          **kwargs))
+  file = str(path / f'{model}.json')
+  tok.save(file)
+  return file
+
+
+@pytest.mark.parametrize('model', ['bpe', 'wordpiece', 'unigram'])
+def test_a_tokenizer_json_file_is_chosen_by_path_and_saved_in_the_workdir(tmp_path, model):
+  file = hf_tokenizer_file(tmp_path, model)
+  tok = tokenizers.get_tokenizer(file, 'char', pytest.fail, workdir=str(tmp_path))
+  assert tok.KIND == 'hf' and tok.vocab_size <= 80
+  library = hf_tokenizers.Tokenizer.from_file(file)  # Ids exactly as the library's own.
+  assert tok.encode('hear me, speak').tolist() == library.encode('hear me, speak').ids
+  assert tok.decode([5, 7, 9]) == library.decode([5, 7, 9], skip_special_tokens=False)
+  assert load_tokenizer(str(tmp_path / tokenizers.FILE)) == tok  # What a resumed run reads.
+
+
+def test_the_tokenizer_choice_resolves_and_a_workdir_keeps_its_own(tmp_path):
+  built = []
+
+  def build(kind):
+    built.append(kind)
+    return (CharVocab.from_text(TEXT) if kind == 'char'
+            else tokenizers.SentencePiece.train([TEXT], 40))
+
+  workdir = str(tmp_path)
+  sp = tokenizers.get_tokenizer('sentencepiece', 'char', build, workdir=workdir)
+  assert built == ['sentencepiece'] and sp.KIND == 'sentencepiece'
+  # Resumed: the saved one, not rebuilt, with or without the choice repeated.
+  assert tokenizers.get_tokenizer('', 'char', build, workdir=workdir) == sp
+  assert tokenizers.get_tokenizer('sentencepiece', 'char', build, workdir=workdir) == sp
+  assert built == ['sentencepiece']
+  with pytest.raises(ConfigError, match="has a 'sentencepiece' tokenizer but config.data."
+                                        "tokenizer='char'"):
+    tokenizers.get_tokenizer('char', 'char', build, workdir=workdir)
+  # No workdir file: the dataset's own kind by default; an init_from run's tokenizer over both.
+  assert tokenizers.get_tokenizer('', 'char', build, workdir=None) == CharVocab.from_text(TEXT)
+  assert tokenizers.get_tokenizer('', 'char', build, workdir=None, fallback=sp) is sp
+
+
+@pytest.mark.parametrize('choice, message', [
+    ('sentencepice', "not a tokenizer kind.*Did you mean \"sentencepiece\""),
+    ('word', "'word' does not suit this dataset"),
+    ('vocab.txt', "not a tokenizer kind .* nor a file ending in \\['.json', '.model'\\]"),
+    ('MISSING/x.model', "missing/x.model': no such file"),
+    ('MISSING/tokenizer.json', 'no such file'),
+    ('foo://bucket/x.model', 'no storage backend for foo://')])
+def test_a_bad_tokenizer_choice_fails_before_any_data_is_read(tmp_path, choice, message):
+  choice = choice.replace('MISSING', str(tmp_path / 'missing'))
+  with pytest.raises(ConfigError, match=message):
+    tokenizers.check_choice(choice, 'char')
+
+
+def test_a_file_of_the_wrong_format_fails_clearly(tmp_path):
+  (tmp_path / 'x.model').write_bytes(b'not a model')
+  with pytest.raises(ConfigError, match='x.model is not a SentencePiece model'):
+    tokenizers.SentencePiece.from_file(str(tmp_path / 'x.model'))
+  (tmp_path / 'tokenizer.json').write_text('{"model": 3}')
+  with pytest.raises(ConfigError, match='not a tokenizer.json the tokenizers library reads'):
+    tokenizers.get_tokenizer(str(tmp_path / 'tokenizer.json'), 'word', pytest.fail, workdir=None)

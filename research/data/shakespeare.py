@@ -3,7 +3,8 @@
 Each TFDS split is one string (train 1,003,854 chars, validation and test 55,770 each). The
 character vocabulary (65 symbols) comes from the train split and is saved as WORKDIR/vocab.json,
 so a resumed run and sampling reuse the exact mapping. With `config.init_from=hf:PATH` the text
-is tokenized by that checkpoint's tokenizer.json instead (saved as WORKDIR/vocab.json the same way).
+is tokenized by that checkpoint's tokenizer.json instead (saved as WORKDIR/vocab.json the same way),
+and `config.data.tokenizer` picks another (e.g. 'sentencepiece', trained on the train split).
 
 Training batches are random windows of block_size + 1 characters, drawn from a generator seeded
 by (seed, step), so the data position is the step. Evaluation covers the whole eval split once,
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import ml_collections
 import numpy as np
@@ -32,7 +32,14 @@ from research.config_checks import check_positive
 from research.data import corpus, pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
-from research.data.tokenizers import CharVocab, Tokenizer, hf_tokenizer, load_tokenizer
+from research.data.tokenizers import (
+  CharVocab,
+  SentencePiece,
+  Tokenizer,
+  check_choice,
+  get_tokenizer,
+  hf_tokenizer,
+)
 from research.errors import ConfigError
 
 NAME = 'tiny_shakespeare'
@@ -48,16 +55,16 @@ EVAL_WINDOWS = ('chained', 'disjoint')
 
 
 def get_vocab(train_text: str, workdir: str | None, process_index: int = 0,
-              init_from: str = '') -> Tokenizer:
+              init_from: str = '', choice: str = '', vocab_size: int = 0) -> Tokenizer:
   """The workdir's saved tokenizer if there is one, else an `hf:` checkpoint's tokenizer.json,
-  else characters from the train text (the new one saved in the workdir)."""
-  path = os.path.join(workdir, VOCAB_FILE) if workdir else None
-  if path and os.path.exists(path):
-    return load_tokenizer(path, CharVocab.KIND)
-  vocab = hf_tokenizer(init_from) or CharVocab.from_text(train_text)
-  if path and process_index == 0:
-    vocab.save(path)
-  return vocab
+  else config.data.tokenizer's (characters by default) on the train text, saved in the workdir."""
+  def build(kind: str) -> Tokenizer:
+    if kind == SentencePiece.KIND:
+      return SentencePiece.train([train_text], vocab_size)
+    return CharVocab.from_text(train_text)
+
+  return get_tokenizer(choice, CharVocab.KIND, build, workdir=workdir,
+                       process_index=process_index, fallback=hf_tokenizer(init_from))
 
 
 def train_windows(ids: np.ndarray, step: int, *, seed: int, batch_size: int, block_size: int,
@@ -103,12 +110,15 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
                 workdir: str | None = None) -> spec.Dataset:
   check_positive(config, 'data.block_size')
+  choice = config.data.get('tokenizer', '')  # A test's partial config may lack the key.
+  check_choice(choice, CharVocab.KIND)  # Before reading any data.
   block_size = config.data.block_size
   train_text = load_text(config.data, config.data.train_split)
   how = config.data.get('eval_windows', 'chained')
   if how not in EVAL_WINDOWS:
     raise ConfigError(f'config.data.eval_windows={how!r} is not one of {list(EVAL_WINDOWS)}.')
-  vocab = get_vocab(train_text, workdir, process_index, config.get('init_from', ''))
+  vocab = get_vocab(train_text, workdir, process_index, config.get('init_from', ''),
+                    choice, config.data.vocab_size if choice == SentencePiece.KIND else 0)
   train_ids = vocab.encode(train_text, f'{config.data.train_split} split')
   eval_ids = vocab.encode(eval_text(config), f'{config.data.eval_split} split')
   if len(train_ids) <= block_size:

@@ -10,13 +10,13 @@ must feed the trained model (the input signature and the preprocessing it implie
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from typing import Literal
 
 import ml_collections
 import numpy as np
 
+from research import paths
 from research.data import tokenizers
 from research.data.tokenizers import Tokenizer
 
@@ -117,7 +117,7 @@ class DatasetSpec:
     if self.tokenizer is None:
       return None
     kind = None if self.tokenizer == ANY_TOKENIZER else self.tokenizer
-    return tokenizers.load_tokenizer(os.path.join(directory, tokenizers.FILE), kind)
+    return tokenizers.load_tokenizer(paths.join(directory, tokenizers.FILE), kind)
 
   def read_meta(self, config: ml_collections.ConfigDict, workdir: str) -> Meta:
     """The Meta a trained run's model was built with, from its config and saved tokenizer."""

@@ -43,11 +43,14 @@ from research.data.tokenizers import (
   SPECIALS,
   UNK,
   HFTokenizer,
+  SentencePiece,
   Tokenizer,
   WordVocab,
+  get_tokenizer,
   hf_tokenizer,
   load_tokenizer,
 )
+from research.data.tokenizers import check_choice as check_tokenizer
 from research.errors import ConfigError
 
 NAME = 'sst2'
@@ -77,23 +80,24 @@ def _vocab_beside(path: str) -> str | None:
 
 
 def get_vocab(train_texts: list[str], min_count: int, workdir: str | None,
-              init_from: str = '', process_index: int = 0) -> Tokenizer:
+              init_from: str = '', process_index: int = 0, choice: str = '',
+              vocab_size: int = 0) -> Tokenizer:
   """The workdir's vocabulary, else the pre-trained run's (init_from: a run, or an hf:PATH
-  checkpoint's tokenizer.json, e.g. BERT's WordPiece), else built from train."""
-  path = os.path.join(workdir, VOCAB_FILE) if workdir else None
-  if path and os.path.exists(path):
-    return load_tokenizer(path, WordVocab.KIND)
-  source = _vocab_beside(init_from) if init_from and not hf_tokenizer(init_from) else None
-  if hf_tokenizer(init_from):
-    vocab = hf_tokenizer(init_from)
-  elif source:
-    vocab = WordVocab.load(source)
-    logging.info('Vocabulary of %d words from the pre-trained run: %s', len(vocab), source)
-  else:
-    vocab = WordVocab.from_texts(train_texts, min_count)
-  if path and process_index == 0:
-    vocab.save(path)
-  return vocab
+  checkpoint's tokenizer.json, e.g. BERT's WordPiece), else config.data.tokenizer's (words by
+  default) built from train."""
+  fallback = hf_tokenizer(init_from)
+  source = _vocab_beside(init_from) if init_from and fallback is None else None
+  if source:
+    fallback = load_tokenizer(source, WordVocab.KIND)
+    logging.info('Vocabulary of %d tokens from the pre-trained run: %s', len(fallback), source)
+
+  def build(kind: str) -> Tokenizer:
+    if kind == SentencePiece.KIND:
+      return SentencePiece.train(train_texts, vocab_size)
+    return WordVocab.from_texts(train_texts, min_count)
+
+  return get_tokenizer(choice, WordVocab.KIND, build, workdir=workdir,
+                       process_index=process_index, fallback=fallback)
 
 
 def bucket_train_batch(arrays: pipeline.Batch, lengths: np.ndarray, step: int, *, seed: int,
@@ -174,16 +178,24 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta
 def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_count: int,
                 workdir: str | None = None) -> spec.Dataset:
   max_len, buckets = _check(config.data)
+  choice = config.data.get('tokenizer', '')  # A test's partial config may lack the key.
+  check_tokenizer(choice, WordVocab.KIND)  # Before reading any data.
   train_texts, train_labels = load_split(config.data, config.data.train_split)
   eval_texts, eval_labels = load_split(config.data, config.data.eval_split)
   vocab = get_vocab(train_texts, config.data.vocab_min_count, workdir,
-                    config.get('init_from', ''), process_index)
+                    config.get('init_from', ''), process_index, choice,
+                    config.data.vocab_size if choice == SentencePiece.KIND else 0)
   unk = UNK
   if isinstance(vocab, HFTokenizer):
     if config.data.objective == 'mlm':  # Its [CLS]/[SEP] and [MASK] id are not handled yet.
       raise ConfigError('data.objective=mlm with an hf:PATH tokenizer is not supported yet; '
                         'fine-tune a classifier (data.objective=classification).')
     unk = vocab.token_id('[UNK]') if vocab.token_id('[UNK]') is not None else UNK
+  elif isinstance(vocab, SentencePiece):
+    if config.data.objective == 'mlm' and vocab.token_id(SPECIALS[MASK]) != MASK:
+      raise ConfigError('data.objective=mlm needs [MASK] at id 2, as a SentencePiece model '
+                        "trained here (data.tokenizer='sentencepiece') has; this .model lacks it.")
+    unk = vocab.unk_id
   train_ids, train_mask, cut = vocab.encode_batch(train_texts, max_len)
   eval_ids, eval_mask, eval_cut = vocab.encode_batch(eval_texts, max_len)
   if cut or eval_cut:

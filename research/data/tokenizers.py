@@ -6,22 +6,33 @@ Every kind offers the same small interface (`Tokenizer`): `encode(text)`, `decod
 written ({"type": "char", "chars": [...]}, {"type": "word", "min_count": n, "tokens": [...]}), so
 older workdirs stay readable. A Hugging Face `tokenizer.json` (byte-level BPE, WordPiece, ...) is
 the kind 'hf', run by the `tokenizers` library and stored whole inside vocab.json
-({"type": "hf", "tokenizer": <tokenizer.json>}), so it travels like the others.
+({"type": "hf", "tokenizer": <tokenizer.json>}), so it travels like the others. A SentencePiece
+model (trained on the corpus, or a `.model` file) is the kind 'sentencepiece', its model proto
+stored base64 inside vocab.json ({"type": "sentencepiece", "model": <base64>}).
+
+`config.data.tokenizer` chooses (docs/data.md, "Tokenizers"): '' (the dataset's own kind), 'char',
+'word', 'sentencepiece' (trained on the train split, `data.vocab_size` pieces), 'PATH.model' or
+'PATH/tokenizer.json'. `get_tokenizer` resolves the choice; a workdir's saved file always wins.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import functools
+import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
+import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
+from research import paths
+from research.config_checks import suggest
 from research.errors import ConfigError
 
 FILE = 'vocab.json'  # The tokenizer's file in a workdir (and in an export).
@@ -48,10 +59,21 @@ class Tokenizer(Protocol):
 
 
 def _write_json(path: str, payload: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f)
-  os.replace(tmp, path)  # Atomic: a resumed run never reads half a vocabulary.
+  # Atomic (a resumed run never reads half a vocabulary); local or any storage path (paths.py).
+  paths.write_text(path, json.dumps(payload))
+
+
+def _read_json(path: str) -> dict:
+  return json.loads(paths.read_text(path))
+
+
+def _pad_rows(rows: list, max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """(ids_NxL right-padded with 0 ([PAD]), 0/1 mask_NxL, number of rows cut at max_len)."""
+  ids = np.full((len(rows), max_len), PAD, np.int32)
+  for i, row in enumerate(rows):
+    ids[i, :min(len(row), max_len)] = row[:max_len]
+  mask = np.arange(max_len)[None, :] < np.array([len(r) for r in rows])[:, None]
+  return ids, mask.astype(np.int32), sum(len(r) > max_len for r in rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +93,7 @@ class CharVocab:
 
   @classmethod
   def load(cls, path: str) -> CharVocab:
-    with open(path) as f:
-      return cls.from_json(json.load(f))
+    return cls.from_json(_read_json(path))
 
   def save(self, path: str) -> None:
     _write_json(path, {'type': self.KIND, 'chars': list(self.chars)})
@@ -125,8 +146,7 @@ class WordVocab:
 
   @classmethod
   def load(cls, path: str) -> WordVocab:
-    with open(path) as f:
-      return cls.from_json(json.load(f))
+    return cls.from_json(_read_json(path))
 
   def save(self, path: str) -> None:
     _write_json(path, {'type': self.KIND, 'min_count': self.min_count,
@@ -151,12 +171,7 @@ class WordVocab:
   def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(ids_NxL right-padded with [PAD], 0/1 mask_NxL, number of texts cut at max_len)."""
     table = self.ids
-    rows = [[table.get(w, UNK) for w in text.split()] for text in texts]
-    ids = np.full((len(rows), max_len), PAD, np.int32)
-    for i, row in enumerate(rows):
-      ids[i, :min(len(row), max_len)] = row[:max_len]
-    mask = (np.arange(max_len)[None, :] < np.array([len(r) for r in rows])[:, None])
-    return ids, mask.astype(np.int32), sum(len(r) > max_len for r in rows)
+    return _pad_rows([[table.get(w, UNK) for w in text.split()] for text in texts], max_len)
 
   def decode(self, ids) -> str:
     return ' '.join(self.tokens[i] for i in np.asarray(ids).reshape(-1) if i != PAD)
@@ -181,11 +196,10 @@ class HFTokenizer:
   @classmethod
   def from_file(cls, path: str) -> HFTokenizer:
     """A tokenizer.json; ConfigError when it is missing or not one the library reads."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
       raise ConfigError(f'{path} is missing: a Hugging Face checkpoint needs its tokenizer.json '
                         '(AutoTokenizer.from_pretrained(...).save_pretrained(DIR) writes it).')
-    with open(path, encoding='utf-8') as f:
-      tok = cls(f.read())
+    tok = cls(paths.read_text(path))
     try:
       tok._tok  # noqa: B018 - parse now, so a bad file fails before any compute.
     except Exception as e:  # noqa: BLE001 - the library raises its own types.
@@ -201,8 +215,7 @@ class HFTokenizer:
 
   def save_hf(self, path: str) -> None:
     """The tokenizer.json itself (what from_pretrained reads)."""
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(self.json_text)
+    paths.get(path).write_text(self.json_text, encoding='utf-8')
 
   @property
   def vocab_size(self) -> int:
@@ -217,47 +230,185 @@ class HFTokenizer:
 
   def encode_batch(self, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(ids_NxL right-padded with 0, 0/1 mask_NxL, number of texts cut at max_len)."""
-    rows = [e.ids for e in self._tok.encode_batch(list(texts))]
-    ids = np.zeros((len(rows), max_len), np.int32)
-    for i, row in enumerate(rows):
-      ids[i, :min(len(row), max_len)] = row[:max_len]
-    mask = np.arange(max_len)[None, :] < np.array([len(r) for r in rows])[:, None]
-    return ids, mask.astype(np.int32), sum(len(r) > max_len for r in rows)
+    return _pad_rows([e.ids for e in self._tok.encode_batch(list(texts))], max_len)
 
   def decode(self, ids) -> str:
     return self._tok.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                             skip_special_tokens=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class SentencePiece:
+  """A SentencePiece model (unigram or BPE), trained on the corpus or read from a `.model` file.
+
+  `train` is deterministic (one thread, every sentence, no shuffling: the same text and size give
+  the same model proto) and lossless on text of the training characters: no normalization, no
+  dummy prefix, whitespace kept, '\\n' a piece of its own. It reserves WordVocab's ids ([PAD]=0,
+  [UNK]=1, [MASK]=2), so the padding, word dropout and masked-LM code take it unchanged.
+  """
+
+  model: bytes  # The serialized ModelProto (what a .model file holds).
+  KIND = 'sentencepiece'
+
+  @functools.cached_property
+  def _sp(self) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_proto=self.model)
+
+  @classmethod
+  def train(cls, texts: Iterable[str], vocab_size: int) -> SentencePiece:
+    """A unigram model of `vocab_size` pieces over `texts` (each cut into lines, '\\n' kept)."""
+    lines = (line for text in texts for line in text.splitlines(keepends=True))
+    out = io.BytesIO()
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type='unigram',
+          character_coverage=1.0, normalization_rule_name='identity', add_dummy_prefix=False,
+          remove_extra_whitespaces=False, pad_id=PAD, unk_id=UNK, bos_id=-1, eos_id=-1,
+          pad_piece=SPECIALS[PAD], unk_piece=SPECIALS[UNK],
+          user_defined_symbols=[SPECIALS[MASK], '\n'],
+          input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, minloglevel=2)
+    except RuntimeError as e:  # E.g. "Vocabulary size is too high" for a small corpus.
+      raise ConfigError(f'SentencePiece cannot train config.data.vocab_size={vocab_size} pieces '
+                        f'on this text: {e}') from e
+    return cls(out.getvalue())
+
+  @classmethod
+  def from_file(cls, path: str) -> SentencePiece:
+    """A `.model` file; ConfigError when it is missing or not a SentencePiece model."""
+    if not paths.exists(path):
+      raise ConfigError(f'config.data.tokenizer={path!r}: no such SentencePiece model file.')
+    tok = cls(paths.get(path).read_bytes())
+    try:
+      tok._sp  # noqa: B018 - parse now, so a bad file fails before any compute.
+    except Exception as e:  # noqa: BLE001 - the library raises its own types.
+      raise ConfigError(f'{path} is not a SentencePiece model: {e}') from e
+    return tok
+
+  @classmethod
+  def from_json(cls, data: dict) -> SentencePiece:
+    return cls(base64.b64decode(data['model']))
+
+  def save(self, path: str) -> None:
+    _write_json(path, {'type': self.KIND, 'model': base64.b64encode(self.model).decode('ascii')})
+
+  def save_model(self, path: str) -> None:
+    """The `.model` file itself (what spm.SentencePieceProcessor(model_file=...) reads)."""
+    paths.get(path).write_bytes(self.model)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def __len__(self) -> int:
+    return self.vocab_size
+
+  @property
+  def unk_id(self) -> int:
+    return self._sp.unk_id()
+
+  def token_id(self, token: str) -> int | None:
+    i = self._sp.piece_to_id(token)
+    return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+
+  def encode(self, text: str, what: str = 'text') -> np.ndarray:
+    """int32 ids; characters the model never saw become its unknown id (`what` unused)."""
+    return np.array(self._sp.encode(text), np.int32)
+
+  def encode_batch(self, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids_NxL right-padded with 0, 0/1 mask_NxL, number of texts cut at max_len)."""
+    return _pad_rows(self._sp.encode(list(texts)), max_len)
+
+  def decode(self, ids) -> str:
+    return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1)])
+
+
 def hf_folder(init_from: str) -> str | None:
   """The folder of `config.init_from=hf:PATH`, or None for any other value."""
   if not init_from.startswith(HF_PREFIX):
     return None
-  return os.path.abspath(os.path.expanduser(init_from[len(HF_PREFIX):]))
+  folder = init_from[len(HF_PREFIX):]
+  return os.path.abspath(os.path.expanduser(folder)) if paths.is_local(folder) else folder
 
 
 def hf_tokenizer(init_from: str) -> HFTokenizer | None:
   """The tokenizer.json of an `hf:PATH` init_from (a dataset then uses it), else None."""
   folder = hf_folder(init_from)
-  return None if folder is None else HFTokenizer.from_file(os.path.join(folder, HF_FILE))
+  return None if folder is None else HFTokenizer.from_file(paths.join(folder, HF_FILE))
 
 
 KINDS: dict[str, type] = {CharVocab.KIND: CharVocab, WordVocab.KIND: WordVocab,
-                          HFTokenizer.KIND: HFTokenizer}
+                          HFTokenizer.KIND: HFTokenizer, SentencePiece.KIND: SentencePiece}
+# Kinds any text dataset takes (a dataset's own kind, 'char' or 'word', is its default).
+GENERAL_KINDS = (HFTokenizer.KIND, SentencePiece.KIND)
+TRAINED = (CharVocab.KIND, WordVocab.KIND, SentencePiece.KIND)  # config.data.tokenizer names.
+FILE_KINDS = {'.model': SentencePiece, '.json': HFTokenizer}  # config.data.tokenizer=PATH.
 
 
 def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
   """The tokenizer saved at `path`, of the kind its "type" names; ConfigError if it is missing,
-  of an unknown kind, or (given `kind`) not of that kind."""
-  if not os.path.exists(path):
+  of an unknown kind, or (given `kind`, a dataset's own) neither of that kind nor a general one."""
+  if not paths.exists(path):
     raise ConfigError(f'{path} is missing: this needs the tokenizer saved by training '
                       '(--workdir must be the trained run, or its export).')
-  with open(path) as f:
-    data = json.load(f)
+  data = _read_json(path)
   saved = data.get('type')
   if saved not in KINDS:
     raise ConfigError(f'{path} holds a tokenizer of unknown type {saved!r}; known: '
                       f'{sorted(KINDS)}.')
-  if kind is not None and saved not in (kind, HFTokenizer.KIND):  # Any text data takes 'hf'.
+  if kind is not None and saved != kind and saved not in GENERAL_KINDS:
     raise ConfigError(f'{path} holds a {saved!r} tokenizer; this dataset uses {kind!r}.')
   return KINDS[saved].from_json(data)
+
+
+def check_choice(choice: str, own: str) -> None:
+  """ConfigError, before any data is read, for a config.data.tokenizer this dataset cannot use:
+  an unknown kind or file extension, a missing file, or the other dataset's built-in kind."""
+  if not choice or choice in (own, SentencePiece.KIND):
+    return
+  ext = os.path.splitext(choice)[1]
+  if ext in FILE_KINDS:
+    if not paths.exists(paths.check(choice, 'config.data.tokenizer')):
+      raise ConfigError(f'config.data.tokenizer={choice!r}: no such file.')
+    return
+  names = [own, SentencePiece.KIND]
+  if choice in TRAINED:
+    raise ConfigError(f'config.data.tokenizer={choice!r} does not suit this dataset; it takes '
+                      f'{names}, a .model file or a tokenizer.json.')
+  raise ConfigError(f'config.data.tokenizer={choice!r} is not a tokenizer kind ({names}) nor a '
+                    f'file ending in {sorted(FILE_KINDS)}.{suggest(choice, names)}')
+
+
+def _kind_of(choice: str) -> str:
+  """The kind a (checked, non-empty) config.data.tokenizer names."""
+  return choice if choice in TRAINED else FILE_KINDS[os.path.splitext(choice)[1]].KIND
+
+
+def get_tokenizer(choice: str, own: str, build: Callable[[str], Tokenizer], *,
+                  workdir: str | None, process_index: int = 0,
+                  fallback: Tokenizer | None = None) -> Tokenizer:
+  """The run's tokenizer, saved as WORKDIR/vocab.json (by process 0) when new.
+
+  The workdir's saved one wins (a resumed run keeps its ids), then `fallback` (the init_from
+  run's or checkpoint's: its params were trained with those ids), then the file `choice` names,
+  then `build(kind)` on the train text, kind = `choice` or the dataset's `own`. An explicit
+  `choice` that disagrees with a saved or fallback tokenizer's kind is refused.
+  """
+  check_choice(choice, own)
+  path = paths.join(workdir, FILE) if workdir else None
+  saved = load_tokenizer(path, own) if path and paths.exists(path) else None
+  for tok, where in ((saved, path), (fallback, 'config.init_from')):
+    if tok is not None and choice and tok.KIND != _kind_of(choice):
+      raise ConfigError(f'{where} has a {tok.KIND!r} tokenizer but config.data.tokenizer='
+                        f'{choice!r}; a run keeps the tokenizer its params were trained with '
+                        '(use a new --workdir, or leave config.data.tokenizer empty).')
+  if saved is not None:
+    return saved
+  if fallback is not None:
+    tok = fallback
+  elif choice and choice not in TRAINED:
+    tok = FILE_KINDS[os.path.splitext(choice)[1]].from_file(choice)
+  else:
+    tok = build(choice or own)
+  if path and process_index == 0:
+    tok.save(path)
+  return tok
