@@ -89,6 +89,10 @@ def main(argv: list[str]) -> None:
                         '--mode=report and --mode=export need only --workdir.')
     if FLAGS.executor != 'local' and FLAGS.mode != 'sweep':
       raise ConfigError(f'--executor={FLAGS.executor} applies to sweeps only (add --sweep).')
+    if FLAGS.workdir is not None:  # Before anything writes there (a URI must have a backend).
+      from research import paths
+
+      paths.check(FLAGS.workdir, '--workdir')
     if FLAGS.mode in ('train', 'dryrun', 'benchmark'):
       join_distributed_job()
     if FLAGS.mode == 'train':

@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from research import paths
 from research.errors import CheckpointError, ConfigError
 
 PyTree = Any
@@ -53,7 +54,7 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoint
       best_fn=(lambda m: m[cfg.best_metric]) if cfg.best_metric else None,
       best_mode=cfg.best_mode,
       enable_async_checkpointing=cfg.async_save, create=True, cleanup_tmp_directories=True)
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = paths.join(paths.absolute(workdir), 'checkpoints')
   report_leftovers(directory)
   # Handlers named up front (not just item names) so step metadata can be read before a restore.
   return ocp.CheckpointManager(
@@ -72,15 +73,15 @@ def open_reader(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointM
       read_only=True, create=False, save_interval_steps=0, cleanup_tmp_directories=False,
       best_fn=(lambda m: m[best]) if best else None, best_mode=cfg.get('best_mode') or 'max')
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+      paths.join(paths.absolute(workdir), 'checkpoints'), options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()})
 
 
 def report_leftovers(directory: str) -> None:
   """Names the temporary folders of interrupted saves (Orbax removes them when it starts)."""
-  if not os.path.isdir(directory) or jax.process_index() != 0:
+  if not paths.isdir(directory) or jax.process_index() != 0:
     return
-  for name in sorted(os.listdir(directory)):
+  for name in sorted(paths.listdir(directory)):
     match = TMP_SUFFIX.match(name)
     if match:
       logging.warning('Checkpoint step %s was interrupted while being saved: removing its '
@@ -166,16 +167,17 @@ def wait(manager: ocp.CheckpointManager) -> None:
 
 def complete_steps(directory: str) -> list[int]:
   """Steps whose folder exists under their final name: finished saves (Orbax renames at the end)."""
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  return sorted(int(n) for n in paths.listdir(directory) if n.isdigit())
 
 
 def steps_in_progress(directory: str) -> list[int]:
   """Steps with a temporary folder: a save in flight, or one a kill interrupted."""
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     return []
-  return sorted(int(m.group(1)) for n in os.listdir(directory) if (m := TMP_SUFFIX.match(n)))
+  return sorted(int(m.group(1)) for n in paths.listdir(directory)
+                if (m := TMP_SUFFIX.match(n)))
 
 
 def _is_disk_full(e: BaseException | None) -> bool:

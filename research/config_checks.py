@@ -9,13 +9,13 @@ model.max_len, an image against model.patch_size) stays with the model that buil
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Collection, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from research import paths
 from research.config import model_config
 from research.errors import ConfigError
 
@@ -70,6 +70,17 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'batch_size {config.batch_size} is not divisible by grad_accum_steps '
                         f'{config.grad_accum_steps} (the batch is cut into that many '
                         'micro-batches).')
+  check_storage(config)
+
+
+def check_storage(config: ml_collections.ConfigDict) -> None:
+  """Every path key a run reads has a storage backend for its scheme (paths.py), checked before
+  any compute; `init_from=hf:PATH` is checked without its prefix."""
+  init_from = config.get('init_from') or ''
+  for key, value in (('config.data.data_dir', config.data.get('data_dir') or ''),
+                     ('config.data.manual_dir', config.data.get('manual_dir') or ''),
+                     ('config.init_from', init_from.removeprefix('hf:'))):
+    paths.check(value, key)
 
 
 def check_model(cfg: ml_collections.ConfigDict, choices: Mapping[str, Collection[str]]) -> None:
@@ -175,13 +186,17 @@ def _check_cudnn(cfg: ml_collections.ConfigDict) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early when the workdir cannot be created or written."""
+  """Fails early when the workdir's scheme has no backend (paths.py), or it cannot be created or
+  written."""
+  paths.check(workdir, '--workdir')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_probe')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    paths.makedirs(workdir)
+    probe = paths.get(paths.join(workdir, '.write_probe'))
+    probe.write_text('ok')
+    probe.unlink()
   except OSError as e:
     raise ConfigError(f'workdir {workdir!r} is not writable: {e.strerror}. '
                       'Pass --workdir=DIR with a folder you can write to.') from e
+  except Exception as e:  # noqa: BLE001 - a remote backend (tf.io.gfile, fsspec) raises its own.
+    raise ConfigError(f'workdir {workdir!r} cannot be written: {type(e).__name__}: '
+                      f'{str(e).splitlines()[0] if str(e) else ""}') from e

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 
 from absl import logging as absl_logging
+
+from research import paths
 
 # Libraries whose INFO lines are noise even in the log file (Orbax logs a dozen lines per save).
 QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/', '/etils/')
@@ -47,9 +48,10 @@ def setup() -> None:
 def log_to_file(workdir: str, process_index: int = 0) -> str:
   """From now on (and for everything held so far) the full log goes to WORKDIR/log.txt."""
   name = 'log.txt' if process_index == 0 else f'log.{process_index}.txt'
-  path = os.path.join(workdir, name)
-  if _buffer.target is None:
-    target = logging.FileHandler(path)
+  path = paths.join(workdir, name)
+  if _buffer.target is None:  # A URI's file is streamed by its backend (no append needed).
+    target = (logging.FileHandler(path) if paths.is_local(path)
+              else logging.StreamHandler(paths.get(path).open('w')))
     target.setFormatter(absl_logging.PythonFormatter())
     _buffer.setTarget(target)
   _buffer.flush()

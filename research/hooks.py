@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from research import build, checkpointing, console, data, metrics, parallel, transfer
+from research import build, checkpointing, console, data, metrics, parallel, paths, transfer
 from research.errors import NonFiniteError
 from research.runtime import Guards
 
@@ -138,7 +138,7 @@ class Run:
       if config.get('init_from'):  # Pre-trained params by name and shape (fresh runs only).
         state = transfer.init_from(config, state, self.workdir)
     for name in ('metrics.jsonl', 'perf.jsonl'):  # Lines a killed run wrote past the checkpoint.
-      path = os.path.join(self.workdir, name)
+      path = paths.join(self.workdir, name)
       if self.is_main and (dropped := metrics.truncate_jsonl(path, step)):
         logging.warning('Dropped %d lines after step %d from %s (the run resumes there).',
                         dropped, step, name)
@@ -222,8 +222,7 @@ class Run:
     text = sampling.prompt + tokenizer.decode(np.asarray(jax.device_get(tokens))[0])
     self.writer.write_text(step, 'sample', '\n'.join('    ' + line for line in text.split('\n')))
     if self.is_main:
-      with open(os.path.join(self.workdir, 'samples.txt'), 'a') as f:
-        f.write(f'--- step {step} ---\n{text}\n')
+      paths.append_text(paths.join(self.workdir, 'samples.txt'), f'--- step {step} ---\n{text}\n')
 
   def save(self, step: int, state: PyTree) -> None:
     """The state and the input position (the step; the metrics since the last log point)."""

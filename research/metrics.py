@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import jax
 import numpy as np
 from absl import logging
 
-from research import wandb_log
+from research import paths, wandb_log
 
 
 class MetricWriter:
@@ -27,7 +26,7 @@ class MetricWriter:
     if enabled:
       from tensorboardX import SummaryWriter  # Events readable by TensorBoard, no TF import.
 
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=10)
+      self._tb = SummaryWriter(paths.join(workdir, 'tensorboard'), flush_secs=10)
     # Optional third sink: only with config.wandb.project set (wandb itself is imported there).
     self._wandb = wandb_log.maybe_start(workdir) if enabled else None
 
@@ -35,8 +34,8 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: _jsonable(v) for k, v in scalars.items()}
-    with open(os.path.join(self.workdir, file), 'a') as f:
-      f.write(json.dumps({'step': int(step), 'split': split, **scalars}) + '\n')
+    paths.append_text(paths.join(self.workdir, file),
+                      json.dumps({'step': int(step), 'split': split, **scalars}) + '\n')
     for name, value in scalars.items():
       if isinstance(value, (int, float)):
         self._tb.add_scalar(f'{split}/{name}', value, step)
@@ -133,10 +132,9 @@ def truncate_jsonl(path: str, max_step: int) -> int:
   After a kill, metrics.jsonl can hold lines past the checkpoint that is restored; the resumed run
   writes those steps again, so dropping them makes the file equal an uninterrupted run's.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return 0
-  with open(path) as f:
-    lines = f.readlines()
+  lines = paths.read_text(path).splitlines(keepends=True)
   keep = []
   for line in lines:
     try:
@@ -145,10 +143,7 @@ def truncate_jsonl(path: str, max_step: int) -> int:
     except (ValueError, KeyError, TypeError):
       pass  # Torn by a kill mid-write.
   if len(keep) != len(lines):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    paths.write_text(path, ''.join(keep))
   return len(lines) - len(keep)
 
 

@@ -106,3 +106,27 @@ def write_text(path: str, text: str) -> None:
   tmp = get(path + '.tmp')
   tmp.write_text(text, encoding='utf-8')
   tmp.replace(get(path))
+
+
+def append_text(path: str, text: str) -> None:
+  """Appends (local files); object stores have no append, so there the file is rewritten whole
+  (fine for the small line-per-event files a run keeps: metrics, samples, config history)."""
+  if is_local(path):
+    with open(path, 'a') as f:
+      f.write(text)
+    return
+  p = get(path)
+  p.write_text((p.read_text() if p.exists() else '') + text)
+
+
+def absolute(path: str) -> str:
+  """A local path made absolute (what Orbax wants); a URI unchanged."""
+  return os.path.abspath(path) if is_local(path) else str(path)
+
+
+def isdir(path: str) -> bool:
+  return get(path).is_dir()
+
+
+def listdir(path: str) -> list[str]:
+  return [p.name for p in get(path).iterdir()]

@@ -12,6 +12,8 @@ import sys
 
 import jax
 
+from research import paths
+
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
             'tensorflow-cpu', 'ml-collections', 'absl-py', 'numpy')
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,5 +52,5 @@ def provenance(config_json: str) -> dict:
 
 
 def write(workdir: str, config_json: str) -> None:
-  with open(os.path.join(workdir, 'provenance.json'), 'w') as f:
-    json.dump(provenance(config_json), f, indent=2)
+  paths.get(paths.join(workdir, 'provenance.json')).write_text(
+      json.dumps(provenance(config_json), indent=2))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 
 import jax
@@ -24,6 +23,7 @@ from research import (
   hf,
   hooks,
   parallel,
+  paths,
   provenance,
   runtime,
   transfer,
@@ -34,15 +34,14 @@ from research.runtime import host, resume_check
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Writes WORKDIR/config.json; a different earlier one is kept as config.<n>.json."""
   text = config.to_json_best_effort(sort_keys=True, indent=2)
-  path = os.path.join(workdir, 'config.json')
+  path = paths.join(workdir, 'config.json')
   if jax.process_index() == 0:
-    if os.path.exists(path) and open(path).read() != text:
+    if paths.exists(path) and paths.read_text(path) != text:
       n = 1
-      while os.path.exists(os.path.join(workdir, f'config.{n}.json')):
+      while paths.exists(paths.join(workdir, f'config.{n}.json')):
         n += 1
-      os.replace(path, os.path.join(workdir, f'config.{n}.json'))
-    with open(path, 'w') as f:
-      f.write(text)
+      paths.get(path).replace(paths.join(workdir, f'config.{n}.json'))
+    paths.get(path).write_text(text)
   return text
 
 
@@ -60,7 +59,7 @@ def start(config: ml_collections.ConfigDict,
   changes = resume_check.check_resume(workdir, config)  # Refuses a changed model.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   setup = build.build(config, dataset)
-  fresh = not checkpointing.complete_steps(os.path.join(workdir, 'checkpoints'))
+  fresh = not checkpointing.complete_steps(paths.join(workdir, 'checkpoints'))
   if fresh and hf.parse(config.get('init_from', '')):
     transfer.hf_values(config, setup.abstract.params)  # Shapes that do not fit: refused now.
   print(parallel.describe(setup.layout), flush=True)  # Every process, before any compute.
@@ -120,8 +119,7 @@ def finish(run: hooks.Run, step: int, stopped_by: str | None) -> dict:
     return {'step': step, 'wall_seconds': wall, 'preempted': True}
   summary = {'step': step, 'wall_seconds': wall, **run.eval_metrics}
   if run.is_main:
-    with open(os.path.join(run.workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    paths.get(paths.join(run.workdir, 'summary.json')).write_text(json.dumps(summary, indent=2))
   logging.info('Done: step %d, eval %s, %.1fs (input wait %.1fs).', step,
                {k: round(v, 4) for k, v in run.eval_metrics.items()}, wall, run.prefetch_wait())
   return summary

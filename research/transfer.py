@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from research import hf
+from research import hf, paths
 from research.checkpointing import complete_steps
 from research.config import complete_model_config
 from research.errors import ConfigError
@@ -48,18 +48,18 @@ def flat_named(tree: PyTree) -> dict[str, Any]:
 
 def resolve(init_from: str) -> tuple[str, int]:
   """(the checkpoint's `state` folder, its step) for a workdir, checkpoints dir or step dir."""
-  path = os.path.abspath(os.path.expanduser(init_from))
+  path = paths.absolute(os.path.expanduser(init_from))
   hint = ('Give the workdir of a finished run (it holds checkpoints/) or one checkpoint folder '
           '(WORKDIR/checkpoints/STEP), or set config.init_from=\'\' to start from scratch.')
-  if not os.path.exists(path):
+  if not paths.exists(paths.check(path, 'config.init_from')):
     raise ConfigError(f'config.init_from={init_from!r}: {path} does not exist. {hint}')
-  if os.path.isdir(os.path.join(path, 'state')) and os.path.basename(path).isdigit():
-    return os.path.join(path, 'state'), int(os.path.basename(path))
-  directory = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
+  if paths.isdir(paths.join(path, 'state')) and os.path.basename(path).isdigit():
+    return paths.join(path, 'state'), int(os.path.basename(path))
+  directory = path if os.path.basename(path) == 'checkpoints' else paths.join(path, 'checkpoints')
   steps = complete_steps(directory)
   if not steps:
     raise ConfigError(f'config.init_from={init_from!r}: no checkpoint under {directory}. {hint}')
-  return os.path.join(directory, str(steps[-1]), 'state'), steps[-1]
+  return paths.join(directory, str(steps[-1]), 'state'), steps[-1]
 
 
 def saved_param_shapes(state_dir: str) -> dict[str, tuple[int, ...]]:
@@ -166,9 +166,9 @@ def _init_from_hf(config: ml_collections.ConfigDict, state, workdir: str):
   if jax.process_index() == 0:
     print(loaded.describe(), flush=True)
     hf.keep_source(hf.parse(config.init_from), workdir)  # For --mode=export --format=hf.
-    with open(os.path.join(workdir, RECORD), 'w') as f:
-      json.dump({'init_from': config.init_from, 'loaded': loaded.loaded, 'new': loaded.new,
-                 'left_out': loaded.left_out}, f, indent=2)
+    paths.get(paths.join(workdir, RECORD)).write_text(json.dumps(
+        {'init_from': config.init_from, 'loaded': loaded.loaded, 'new': loaded.new,
+         'left_out': loaded.left_out}, indent=2))
   return state.replace(params=place(state.params, loaded.values))
 
 
@@ -180,6 +180,6 @@ def init_from(config: ml_collections.ConfigDict, state, workdir: str):
   state = state.replace(params=apply(p, state.params))
   if jax.process_index() == 0:
     print(p.describe(), flush=True)
-    with open(os.path.join(workdir, RECORD), 'w') as f:
-      json.dump({'init_from': config.init_from, **dataclasses.asdict(p)}, f, indent=2)
+    paths.get(paths.join(workdir, RECORD)).write_text(
+        json.dumps({'init_from': config.init_from, **dataclasses.asdict(p)}, indent=2))
   return state

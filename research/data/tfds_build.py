@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import io
 import os
 import re
 from collections.abc import Iterator
 
 import numpy as np
 
+from research import paths
 from research.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -106,7 +108,7 @@ def checksum_message(name: str, manual_dir: str | None, tfds_message: str) -> st
 
 
 def _is_prepared(builder) -> bool:
-  return os.path.exists(os.path.join(str(builder.data_path), 'dataset_info.json'))
+  return paths.exists(paths.join(str(builder.data_path), 'dataset_info.json'))
 
 
 def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | None,
@@ -135,15 +137,21 @@ def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | N
     arrays = {k: np.asarray(v).astype(np.bytes_) if np.asarray(v).dtype == object
               else np.asarray(v) for k, v in arrays.items()}
     cache = _cache_path(name, split, data_dir, str(builder.data_path))
-    tmp = cache + '.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache)  # Atomic: a killed run never leaves a half-written cache.
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    tmp = paths.get(cache + '.tmp.npz')
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(cache)  # Atomic: a killed run never leaves a half-written cache.
   return arrays
 
 
 @contextlib.contextmanager
 def build_lock(data_dir: str, name: str) -> Iterator[None]:
-  """An exclusive lock per dataset in `data_dir` (flock: released even when a holder is killed)."""
+  """An exclusive lock per dataset in `data_dir` (flock: released even when a holder is killed).
+  A URI data dir (gs://) has no file locks: build it once beforehand, from one process."""
+  if not paths.is_local(data_dir):
+    yield
+    return
   os.makedirs(data_dir, exist_ok=True)
   path = os.path.join(data_dir, f'.{name.replace("/", "_")}.lock')
   with open(path, 'a') as f:
@@ -157,22 +165,21 @@ def build_lock(data_dir: str, name: str) -> Iterator[None]:
 def read_cache(name: str, split: str, data_dir: str) -> dict[str, np.ndarray] | None:
   """The split's arrays cached by an earlier load_arrays, or None (read without TensorFlow)."""
   cache = _cache_path(name, split, data_dir)
-  if cache and os.path.exists(cache):
-    with np.load(cache, allow_pickle=False) as f:
+  if cache and paths.exists(cache):
+    with paths.get(cache).open('rb') as file, np.load(file, allow_pickle=False) as f:
       return dict(f)
   return None
 
 
-
 def prepared_path(name: str, data_dir: str) -> str | None:
   """`<data_dir>/<name>/<newest prepared version>` found on disk, or None."""
-  root = os.path.join(data_dir, *name.split('/'))
-  versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  root = paths.join(data_dir, *name.split('/'))
+  versions = sorted(paths.listdir(root)) if paths.isdir(root) else []
   versions = [v for v in versions if re.fullmatch(r'\d+\.\d+\.\d+', v)
-              and os.path.exists(os.path.join(root, v, 'dataset_info.json'))]
+              and paths.exists(paths.join(root, v, 'dataset_info.json'))]
   if not versions:
     return None
-  return os.path.join(root, max(versions, key=lambda v: tuple(map(int, v.split('.')))))
+  return paths.join(root, max(versions, key=lambda v: tuple(map(int, v.split('.')))))
 
 
 def _cache_path(name: str, split: str, data_dir: str, data_path: str | None = None) -> str | None:
@@ -181,4 +188,4 @@ def _cache_path(name: str, split: str, data_dir: str, data_path: str | None = No
   if data_path is None:
     return None
   safe_split = split.replace('[', '_').replace(']', '_').replace(':', '-').replace('%', 'pct')
-  return os.path.join(data_path, f'arrays-{safe_split}.npz')
+  return paths.join(data_path, f'arrays-{safe_split}.npz')

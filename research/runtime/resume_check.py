@@ -21,13 +21,12 @@ logged with the old and new LR.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import ml_collections
 from absl import logging
 
-from research import optimizers
+from research import optimizers, paths
 from research.config import model_config
 from research.errors import ConfigError
 
@@ -61,8 +60,8 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-  path = os.path.join(workdir, 'checkpoints')
-  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+  path = paths.join(workdir, 'checkpoints')
+  return sorted(int(n) for n in paths.listdir(path) if n.isdigit()) if paths.isdir(path) else []
 
 
 def format_diff(diff: dict[str, tuple]) -> str:
@@ -72,12 +71,11 @@ def format_diff(diff: dict[str, tuple]) -> str:
 def recorded_config(workdir: str) -> dict | None:
   """The config.json of the run whose checkpoints WORKDIR holds, with optimizer.decay_steps
   concrete; None without checkpoints or a readable record (nothing to resume or compare)."""
-  path = os.path.join(workdir, 'config.json')
-  if not checkpoint_steps(workdir) or not os.path.exists(path):
+  path = paths.join(workdir, 'config.json')
+  if not checkpoint_steps(workdir) or not paths.exists(path):
     return None
   try:
-    with open(path) as f:
-      old = json.load(f)
+    old = json.loads(paths.read_text(path))
   except (OSError, ValueError) as e:
     logging.warning('Cannot read %s (%s); resuming without comparing configs.', path, e)
     return None
@@ -167,5 +165,4 @@ def record(workdir: str, diff: dict[str, tuple]) -> None:
   entry = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
            'latest_checkpoint': steps[-1] if steps else None,
            'changes': {k: list(v) for k, v in diff.items()}}
-  with open(os.path.join(workdir, 'config_changes.jsonl'), 'a') as f:
-    f.write(json.dumps(entry) + '\n')
+  paths.append_text(paths.join(workdir, 'config_changes.jsonl'), json.dumps(entry) + '\n')
