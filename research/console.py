@@ -49,9 +49,9 @@ def log_to_file(workdir: str, process_index: int = 0) -> str:
   """From now on (and for everything held so far) the full log goes to WORKDIR/log.txt."""
   name = 'log.txt' if process_index == 0 else f'log.{process_index}.txt'
   path = paths.join(workdir, name)
-  if _buffer.target is None:  # A URI's file is streamed by its backend (no append needed).
+  if _buffer.target is None:
     target = (logging.FileHandler(path) if paths.is_local(path)
-              else logging.StreamHandler(paths.get(path).open('w')))
+              else logging.StreamHandler(paths.Upload(path, binary=False)))
     target.setFormatter(absl_logging.PythonFormatter())
     _buffer.setTarget(target)
   _buffer.flush()

@@ -25,7 +25,10 @@ class MetricWriter:
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter  # Events readable by TensorBoard, no TF import.
+      from tensorboardX.record_writer import register_writer_factory
 
+      if not paths.is_local(workdir):  # Event files through epath, as every other file.
+        register_writer_factory(paths.scheme(workdir), _EpathEvents())
       self._tb = SummaryWriter(paths.join(workdir, 'tensorboard'), flush_secs=10)
     # Optional third sink: only with config.wandb.project set (wandb itself is imported there).
     self._wandb = wandb_log.maybe_start(workdir) if enabled else None
@@ -51,6 +54,16 @@ class MetricWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.close()
+
+
+class _EpathEvents:
+  """tensorboardX's writer factory for a URI logdir: its files opened through etils.epath."""
+
+  def open(self, path: str) -> paths.Upload:
+    return paths.Upload(path, binary=True)
+
+  def directory_check(self, path: str) -> None:
+    paths.makedirs(path)
 
 
 def _jsonable(v):

@@ -10,10 +10,12 @@ named `gs:` (os.makedirs takes the URI as a relative path). Local paths stay pla
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
 import os
 import re
+import time
 
 import fsspec
 from etils import epath
@@ -130,3 +132,32 @@ def isdir(path: str) -> bool:
 
 def listdir(path: str) -> list[str]:
   return [p.name for p in get(path).iterdir()]
+
+
+class Upload:
+  """A file on a URI that grows (a log, TensorBoard events): object stores have no append, so
+  the whole file is written again at a flush, at most every `every_s` seconds, and at exit."""
+
+  def __init__(self, path: str, binary: bool, every_s: float = 10.0):
+    self._path, self._every_s, self._last = get(path), every_s, 0.0
+    self._data = bytearray() if binary else []
+    atexit.register(self.close)
+
+  def write(self, data) -> int:
+    self._data += data if isinstance(self._data, bytearray) else [data]
+    return len(data)
+
+  def flush(self, force: bool = False) -> None:
+    if force or time.monotonic() - self._last >= self._every_s:
+      data = self._data
+      if isinstance(data, bytearray):
+        self._path.write_bytes(bytes(data))
+      else:
+        self._path.write_text(''.join(data))
+      self._last = time.monotonic()
+
+  def close(self) -> None:
+    if self._data is not None:
+      self.flush(force=True)
+      self._data = None
+      atexit.unregister(self.close)
