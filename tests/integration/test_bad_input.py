@@ -86,6 +86,8 @@ def results(tmp_path_factory, data_dir):
       'unknown preprocessing op': ['--config.data.preprocess=value_range(0, 1)|flipp'],
       'truncated record file': [f'--config.data.data_dir={base}/stream_data',
                                 '--config.data.source=stream'],
+      'workdir scheme with no backend': ['--workdir=foo://bucket/run'],
+      'data dir scheme with no backend': ['--config.data.data_dir=s3://bucket/tfds'],
   }
   stream_victim = truncated_stream_build(str(base / 'stream_data'))
   if victim:
@@ -119,6 +121,10 @@ EXPECT = {  # case: (exit code, texts the error message must contain)
     'missing feature': (2, ["config.data.inputs='pixels'", 'it has: image uint8[28, 28, 1], '
                                                            'label int64[]']),
     'unknown preprocessing op': (2, ["unknown op 'flipp'", "'flip_lr'", "'value_range'"]),
+    'workdir scheme with no backend': (2, ["--workdir='foo://bucket/run': no storage backend "
+                                           'for foo://']),
+    'data dir scheme with no backend': (2, ["config.data.data_dir='s3://bucket/tfds': no storage "
+                                            'backend for s3://']),
     'corrupt source file': (2, ['t10k-labels-idx1-ubyte.gz fails the TFDS checksum',
                                 'expected f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb2']),
     'truncated record file': (2, ['mnist-train.array_record-00000-of-00001 (70,000 bytes) is '
@@ -142,8 +148,41 @@ def test_bad_input_fails_fast_with_one_clear_error_and_keeps_the_workdir(case, r
   after = snapshot(result['workdir'])
   kept = {k: v for k, v in after.items() if k in results['template']}
   assert kept == results['template']  # Nothing deleted or changed; at most files added.
+  assert not glob.glob(f'{REPO}/foo:') and not glob.glob(f'{REPO}/s3:')  # No local 'foo:' folder.
   if case == 'corrupt source file':
     assert errors[0].startswith(f'error: {results["victim"]}')
     assert not glob.glob(f'{results["base"]}/fresh_data/mnist/*/dataset_info.json')
   if case == 'truncated record file':
     assert errors[0].startswith(f'error: Record file {results["stream_victim"]} ')
+
+
+TOKENIZER_CASES = {  # config.data.tokenizer: texts the one error line must contain.
+    'MISSING/tokenizer.json': ['MISSING/tokenizer.json', 'no such file'],
+    'MISSING/x.model': ['MISSING/x.model', 'no such file'],
+    'vocab.bpe': ["config.data.tokenizer='vocab.bpe' is not a tokenizer kind", "'.model'"],
+    'sentencepeice': ['Did you mean "sentencepiece"?'],
+}
+
+
+def test_a_bad_tokenizer_fails_fast_with_one_clear_error(tmp_path):
+  """A tokenizer file that is missing or of an unknown kind: exit 2 before any data is read or
+  anything is written in the workdir (left empty)."""
+  procs = {}
+  for i, choice in enumerate(TOKENIZER_CASES):
+    workdir = tmp_path / f'run{i}'
+    args = ['--config=experiments/shakespeare_char.py:cpu', f'--workdir={workdir}',
+            f'--config.data.data_dir={tmp_path}/no_data', '--config.progress_bar=False',
+            f'--config.data.tokenizer={choice.replace("MISSING", str(tmp_path / "missing"))}']
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    procs[choice] = (workdir, subprocess.Popen([sys.executable, 'launch.py', *args], cwd=REPO,
+                                               env=env, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, text=True))
+  for choice, (workdir, proc) in procs.items():
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, log[-3000:]
+    errors = [x for x in log.splitlines() if x.startswith(('error:', 'FATAL'))]
+    assert len(errors) == 1 and 'Traceback' not in log, log[-3000:]
+    for text in TOKENIZER_CASES[choice]:
+      assert text.replace('MISSING', str(tmp_path / 'missing')) in errors[0], errors[0]
+    assert not os.listdir(workdir)
+    assert not os.path.exists(tmp_path / 'no_data')  # Refused before the dataset was built.
