@@ -42,7 +42,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from research import build, checkpointing, data, models, provenance
+from research import build, checkpointing, data, models, paths, provenance
 from research.data.spec import DatasetSpec, Meta
 from research.errors import ConfigError
 from research.tools.export_programs import (
@@ -105,12 +105,11 @@ def load_params(path: str) -> dict:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.join(workdir, 'config.json')
+  if not paths.exists(path):
     raise ConfigError(f'{path} is missing: --workdir must be a trained run (training writes '
                       'config.json and checkpoints/ there).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def portable_model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -197,7 +196,7 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
   `check` runs each exported program against the in-process model (RunError if they differ).
   """
   t0 = time.perf_counter()
-  if not os.path.isdir(workdir):
+  if not paths.isdir(paths.check(workdir, '--workdir')):
     raise ConfigError(f'--workdir={workdir} does not exist.')
   config = load_run_config(workdir)
   spec = data.get_spec(config, workdir)
@@ -209,7 +208,8 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
   model, signature, step, params = restore_model(config, workdir, spec, meta, step)
   t_restore = time.perf_counter()
 
-  tmp = tempfile.mkdtemp(prefix='.export-tmp-', dir=workdir)
+  # Built locally (beside the workdir's export when local, so the final move is a rename).
+  tmp = tempfile.mkdtemp(prefix='.export-tmp-', dir=workdir if paths.is_local(workdir) else None)
   try:
     manifest = write_export(tmp, workdir, config, spec, meta, model, params, step, checkpoint,
                             check)
@@ -220,14 +220,23 @@ def export_workdir(workdir: str, checkpoint: str = 'latest', check: bool = True)
     os.chmod(tmp, 0o755)  # mkdtemp made it private; the export is meant to be handed on.
     for entry in os.listdir(tmp):
       os.chmod(os.path.join(tmp, entry), 0o644)
-    replace_dir(tmp, os.path.join(workdir, EXPORT_DIR))
+    replace_dir(tmp, paths.join(workdir, EXPORT_DIR))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return manifest
 
 
 def replace_dir(new: str, final: str) -> None:
-  """Moves `new` to `final`; an existing `final` is moved aside first and deleted after."""
+  """Moves `new` to `final`; an existing `final` is moved aside first and deleted after. A URI
+  `final` (object stores have no folder rename) is replaced by copying `new`'s files there."""
+  if not paths.is_local(final):
+    if paths.exists(final):
+      paths.get(final).rmtree()
+    paths.makedirs(final)
+    for entry in sorted(os.listdir(new)):
+      with open(os.path.join(new, entry), 'rb') as f:
+        paths.get(paths.join(final, entry)).write_bytes(f.read())
+    return
   if not os.path.exists(final):
     os.replace(new, final)
     return
@@ -248,9 +257,9 @@ def write_export(out: str, workdir: str, config: ml_collections.ConfigDict, spec
   """Params, config, assets and programs into `out`; the manifest (without timings) returned."""
   params_path = os.path.join(out, PARAMS_FILE)
   save_params(params_path, params, {'step': str(step)})
-  shutil.copyfile(os.path.join(workdir, 'config.json'), os.path.join(out, 'config.json'))
-  for asset in spec.assets:
-    shutil.copyfile(os.path.join(workdir, asset), os.path.join(out, asset))
+  for name in ('config.json', *spec.assets):  # The tokenizer (vocab.json) among the assets.
+    with open(os.path.join(out, name), 'wb') as f:
+      f.write(paths.get(paths.join(workdir, name)).read_bytes())
   flat = flatten_params(params)
   dtypes: dict[str, int] = {}
   for x in flat.values():
