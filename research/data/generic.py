@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 
 import ml_collections
 import numpy as np
 from absl import logging
 
+from research import paths
 from research.data import (
   own_data,
   pipeline,
@@ -36,13 +36,13 @@ from research.data import (
   tfds_build,
 )
 from research.data.spec import DatasetSpec, Meta
-from research.data.tokenizers import FILE as VOCAB_FILE
 from research.data.tokenizers import (
   CharVocab,
+  SentencePiece,
   Tokenizer,
   WordVocab,
+  get_tokenizer,
   hf_tokenizer,
-  load_tokenizer,
 )
 from research.errors import ConfigError
 
@@ -84,15 +84,15 @@ def array_features(arrays: dict[str, np.ndarray],
 def cached_class_names(data_path: str) -> dict[str, tuple[str, ...]]:
   """{feature: class names} of the ClassLabels in TFDS's features.json (names from
   <feature>.labels.txt when TFDS wrote one, else '0', '1', ...)."""
-  with open(os.path.join(data_path, 'features.json')) as f:
-    features = json.load(f).get('featuresDict', {}).get('features', {})
+  features = json.loads(paths.read_text(paths.join(data_path, 'features.json')))
+  features = features.get('featuresDict', {}).get('features', {})
   out = {}
   for key, feature in features.items():
     if 'classLabel' in feature:
-      names_file = os.path.join(data_path, f'{key}.labels.txt')
-      if os.path.exists(names_file):
-        with open(names_file) as f:
-          out[key] = tuple(line.rstrip('\n') for line in f if line.strip())
+      names_file = paths.join(data_path, f'{key}.labels.txt')
+      if paths.exists(names_file):
+        lines = paths.read_text(names_file).splitlines()
+        out[key] = tuple(line for line in lines if line.strip())
       else:
         out[key] = tuple(map(str, range(int(feature['classLabel']['numClasses']))))
   return out
@@ -103,7 +103,7 @@ def cached_splits(name: str, splits: tuple[str, ...],
   """The splits and features from the .npz caches and TFDS's features.json alone, so a dataset
   read before starts without importing TensorFlow; None when anything is not cached."""
   path = tfds_build.prepared_path(name, data_dir)
-  if path is None or not os.path.exists(os.path.join(path, 'features.json')):
+  if path is None or not paths.exists(paths.join(path, 'features.json')):
     return None
   arrays = {s: tfds_build.read_cache(name, s, data_dir) for s in splits}
   if any(a is None for a in arrays.values()):
@@ -186,19 +186,19 @@ def check_targets(targets: np.ndarray, n: int, split: str) -> np.ndarray:
 def get_vocab(config: ml_collections.ConfigDict, texts: list[str], workdir: str | None,
               process_index: int, kind: str) -> Tokenizer:
   """The workdir's saved tokenizer, else an `init_from=hf:PATH` checkpoint's tokenizer.json, else
-  characters (LM) or words (classifier) of the train text (data.vocab_min_count, default 1);
-  a new one is saved in the workdir by process 0."""
-  path = os.path.join(workdir, VOCAB_FILE) if workdir else None
-  if path and os.path.exists(path):
-    return load_tokenizer(path, kind)
-  if kind == CharVocab.KIND:
-    return shakespeare.get_vocab('\n'.join(texts), workdir, process_index,
-                                 config.get('init_from', ''))
-  vocab = (hf_tokenizer(config.get('init_from', ''))
-           or WordVocab.from_texts(texts, config.data.get('vocab_min_count', 1)))
-  if path and process_index == 0:
-    vocab.save(path)
-  return vocab
+  config.data.tokenizer's (tokenizers.get_tokenizer), by default characters (LM) or words
+  (classifier, data.vocab_min_count, default 1) of the train text; a new one is saved in the
+  workdir by process 0."""
+  def build(chosen: str) -> Tokenizer:
+    if chosen == SentencePiece.KIND:
+      return SentencePiece.train(texts, config.data.vocab_size)
+    if chosen == CharVocab.KIND:
+      return CharVocab.from_text('\n'.join(texts))
+    return WordVocab.from_texts(texts, config.data.get('vocab_min_count', 1))
+
+  return get_tokenizer(config.data.get('tokenizer', ''), kind, build, workdir=workdir,
+                       process_index=process_index,
+                       fallback=hf_tokenizer(config.get('init_from', '')))
 
 
 def _float(x: np.ndarray) -> np.ndarray:
@@ -374,22 +374,18 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int = 0,
 
 def save_facts(workdir: str, meta: Meta, labels: list[str], kind: str,
                tokenizer: Tokenizer | None, stored_dtype: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   facts = {'meta': meta.to_json(), 'labels': labels, 'inputs': kind, 'stored_dtype': stored_dtype,
            'tokenizer': tokenizer.KIND if tokenizer else None}
-  tmp = os.path.join(workdir, FACTS_FILE + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(facts, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, FACTS_FILE))
+  paths.write_text(paths.join(workdir, FACTS_FILE), json.dumps(facts, indent=2))
 
 
 def read_facts(directory: str) -> dict:
-  path = os.path.join(directory, FACTS_FILE)
-  if not os.path.exists(path):
+  path = paths.join(directory, FACTS_FILE)
+  if not paths.exists(path):
     raise ConfigError(f'{path} is missing: the data facts are saved by training '
                       '(--workdir must be the trained run, or its export).')
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +426,7 @@ def make_spec(config: ml_collections.ConfigDict, directory: str | None = None) -
   and input kind from the saved facts when they are there."""
   d = config.data
   facts = {}
-  if directory and os.path.exists(os.path.join(directory, FACTS_FILE)):
+  if directory and paths.exists(paths.join(directory, FACTS_FILE)):
     facts = read_facts(directory)
   lm = not d.targets
   tok_kind = facts.get('tokenizer') or (CharVocab.KIND if lm else None)
