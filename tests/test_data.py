@@ -9,9 +9,9 @@ import numpy as np
 from helpers import LM_VOCAB, init_lm_params, mnist_smoke_config, tiny_lm_config
 
 from research import models
-from research.data import get_dataset
+from research.data import get_dataset, get_spec
 from research.data.sst2 import bucket_train_batch, mask_tokens
-from research.data.tokenizers import MASK
+from research.data.tokenizers import MASK, SentencePiece
 from research.train_step import loss_sums
 
 VOCAB = 50  # Token ids of the made-up SST-2 rows below.
@@ -48,6 +48,28 @@ def test_shakespeare_windows_and_vocab(data_dir, tmp_path):
   logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, a['inputs'])
   sums = loss_sums(logits, a)
   assert abs(float(sums['loss_sum'] / sums['weight_sum']) - math.log(LM_VOCAB)) < 0.1
+
+
+def test_shakespeare_with_a_sentencepiece_model_file_reuses_it(data_dir, tmp_path):
+  """data.tokenizer=PATH.model: the text tokenized by that model, which is saved in the workdir;
+  a resumed run (without the file) and sampling (the spec) read that same tokenizer back.
+  Training one on the corpus is tested in tests/test_tokenizers.py (here it would take ~10 s)."""
+  model = SentencePiece.train(['ROMEO:\nO, she doth teach the torches to burn bright!\n' * 30], 30)
+  model.save_model(str(tmp_path / 'sp.model'))
+  config = tiny_lm_config(data_dir)
+  config.data.tokenizer = str(tmp_path / 'sp.model')
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  dataset = get_dataset(config, workdir=str(workdir))
+  vocab = dataset.tokenizer
+  assert vocab == model and dataset.meta.vocab_size == 30
+  batch = dataset.train_batch(3)
+  assert batch['inputs'].max() < 30
+  np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+  assert json.load(open(workdir / 'vocab.json'))['type'] == 'sentencepiece'
+  (tmp_path / 'sp.model').unlink()  # A resumed run needs only its workdir.
+  assert get_dataset(config, workdir=str(workdir)).tokenizer == vocab
+  assert get_spec(config).load_tokenizer(str(workdir)) == vocab  # Sampling, export.
 
 
 def test_length_buckets_and_masked_lm_batches():

@@ -111,7 +111,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
                 workdir: str | None = None) -> spec.Dataset:
   check_positive(config, 'data.block_size')
   choice = config.data.get('tokenizer', '')  # A test's partial config may lack the key.
-  check_choice(choice, CharVocab.KIND)  # Before reading any data.
+  check_choice(choice, CharVocab.KIND, workdir)  # Before reading any data.
   block_size = config.data.block_size
   train_text = load_text(config.data, config.data.train_split)
   how = config.data.get('eval_windows', 'chained')

@@ -179,7 +179,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
                 workdir: str | None = None) -> spec.Dataset:
   max_len, buckets = _check(config.data)
   choice = config.data.get('tokenizer', '')  # A test's partial config may lack the key.
-  check_tokenizer(choice, WordVocab.KIND)  # Before reading any data.
+  check_tokenizer(choice, WordVocab.KIND, workdir)  # Before reading any data.
   train_texts, train_labels = load_split(config.data, config.data.train_split)
   eval_texts, eval_labels = load_split(config.data, config.data.eval_split)
   vocab = get_vocab(train_texts, config.data.vocab_min_count, workdir,

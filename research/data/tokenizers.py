@@ -360,14 +360,16 @@ def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
   return KINDS[saved].from_json(data)
 
 
-def check_choice(choice: str, own: str) -> None:
+def check_choice(choice: str, own: str, workdir: str | None = None) -> None:
   """ConfigError, before any data is read, for a config.data.tokenizer this dataset cannot use:
-  an unknown kind or file extension, a missing file, or the other dataset's built-in kind."""
+  an unknown kind or file extension, a missing file (unless `workdir` has the run's tokenizer
+  already: a resumed run needs only its workdir), or the other dataset's built-in kind."""
   if not choice or choice in (own, SentencePiece.KIND):
     return
   ext = os.path.splitext(choice)[1]
   if ext in FILE_KINDS:
-    if not paths.exists(paths.check(choice, 'config.data.tokenizer')):
+    saved = workdir and paths.exists(paths.join(workdir, FILE))
+    if not saved and not paths.exists(paths.check(choice, 'config.data.tokenizer')):
       raise ConfigError(f'config.data.tokenizer={choice!r}: no such file.')
     return
   names = [own, SentencePiece.KIND]
@@ -393,7 +395,7 @@ def get_tokenizer(choice: str, own: str, build: Callable[[str], Tokenizer], *,
   then `build(kind)` on the train text, kind = `choice` or the dataset's `own`. An explicit
   `choice` that disagrees with a saved or fallback tokenizer's kind is refused.
   """
-  check_choice(choice, own)
+  check_choice(choice, own, workdir)
   path = paths.join(workdir, FILE) if workdir else None
   saved = load_tokenizer(path, own) if path and paths.exists(path) else None
   for tok, where in ((saved, path), (fallback, 'config.init_from')):
