@@ -119,4 +119,4 @@ def test_a_data_dir_on_a_uri_caches_its_arrays_there(ram_scheme):
   np.savez(tmp := f'/tmp/{os.getpid()}_toy.npz', **arrays)
   paths.get(cache).write_bytes(open(tmp, 'rb').read())
   os.remove(tmp)
-  np.testing.assert_array_equal(tfds_build._read_cache('toy', 'train', data_dir)['x'], arrays['x'])
+  np.testing.assert_array_equal(tfds_build.read_cache('toy', 'train', data_dir)['x'], arrays['x'])

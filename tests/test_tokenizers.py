@@ -9,7 +9,7 @@ import pytest
 import tokenizers as hf_tokenizers
 
 from research import data
-from research.data import generic, tokenizers
+from research.data import corpus, generic, tokenizers
 from research.data.spec import Meta
 from research.data.tokenizers import CharVocab, WordVocab, load_tokenizer
 from research.errors import ConfigError
@@ -98,6 +98,8 @@ def test_sentencepiece_trains_deterministically_and_round_trips_text(tmp_path):
   for text in (TEXT, 'Speak,  speak.\n\n'):
     assert a.decode(a.encode(text)) == text
   assert len(a.encode(TEXT)) < len(TEXT)  # Subwords, not characters.
+  # Bits per byte counts each piece's bytes: they add up to the text's exactly.
+  assert corpus.token_bytes(a)[a.encode(TEXT)].sum() == len(TEXT.encode())
   a.save(str(tmp_path / 'vocab.json'))
   assert json.loads((tmp_path / 'vocab.json').read_text())['type'] == 'sentencepiece'
   assert load_tokenizer(str(tmp_path / 'vocab.json'), 'char') == a  # Any text dataset takes it.
