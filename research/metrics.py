@@ -7,6 +7,7 @@ perf.jsonl and TensorBoard. Only process 0 writes.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -109,7 +110,9 @@ def save_confusion_png(confusion_CxC: np.ndarray, path: str, title: str) -> None
         ax.text(j, i, int(confusion_CxC[i, j]), ha='center', va='center', fontsize=7)
   ax.set(xlabel='predicted', ylabel='true', title=title, xticks=range(n), yticks=range(n))
   fig.tight_layout()
-  fig.savefig(path)
+  png = io.BytesIO()
+  fig.savefig(png, format='png')  # Through paths: the workdir may be a URI.
+  paths.get(path).write_bytes(png.getvalue())
   plt.close(fig)
   logging.info('Wrote %s', path)
 

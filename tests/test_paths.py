@@ -76,8 +76,8 @@ def test_local_paths_and_uris_join_as_before():
 
 def test_a_workdir_on_a_uri_is_written_through_its_backend(ram_scheme, tmp_path, monkeypatch):
   """What a run writes outside its checkpoints: config.json (and the older one kept aside),
-  provenance.json, metrics.jsonl (appended, then cut back on resume), TensorBoard events and the
-  tokenizer, all under the URI, nothing on the local disk."""
+  provenance.json, metrics.jsonl (appended, then cut back on resume), TensorBoard events, the
+  confusion matrix and the tokenizer, all under the URI, nothing on the local disk."""
   monkeypatch.chdir(tmp_path)
   workdir = ram_scheme + '/run'
   config_checks.check_workdir(workdir)
@@ -96,11 +96,14 @@ def test_a_workdir_on_a_uri_is_written_through_its_backend(ram_scheme, tmp_path,
   assert [json.loads(x)['step'] for x in lines] == [1, 2, 3]
   assert metrics.truncate_jsonl(f'{workdir}/metrics.jsonl', 2) == 1
   assert tf.io.gfile.listdir(f'{workdir}/tensorboard')  # An event file.
+  metrics.save_confusion_png(np.eye(2, dtype=np.int64), f'{workdir}/confusion_matrix.png', 'eval')
+  assert tf.io.gfile.GFile(f'{workdir}/confusion_matrix.png', 'rb').read().startswith(b'\x89PNG')
   vocab = tokenizers.SentencePiece.train(['to be or not to be\n' * 50], 12)
   vocab.save(paths.join(workdir, tokenizers.FILE))
   assert tokenizers.load_tokenizer(paths.join(workdir, tokenizers.FILE)) == vocab
   assert sorted(tf.io.gfile.listdir(workdir)) == [
-      'config.1.json', 'config.json', 'metrics.jsonl', 'provenance.json', 'tensorboard',
+      'config.1.json', 'config.json', 'confusion_matrix.png', 'metrics.jsonl', 'provenance.json',
+      'tensorboard',
       'vocab.json']
   assert os.listdir(tmp_path) == []
   assert jax.process_index() == 0  # (write_config writes on process 0 only.)
