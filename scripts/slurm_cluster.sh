@@ -32,7 +32,8 @@ install_packages() {
 }
 
 start_munge() {
-  if pgrep -u munge -x munged >/dev/null; then
+  # Already running? (its pid file; pgrep may be missing on a minimal image)
+  if [[ -s /run/munge/munged.pid ]] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
     return
   fi
   mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge

@@ -1,6 +1,6 @@
 """research/tools/slurm.py without a cluster: resources from the Sweep and the flags, the job
 script, the progress line's SLURM counts, and a missing `sbatch`. The live cluster:
-tests/integration/test_slurm.py."""
+tests/integration/test_slurm_launch.py."""
 
 import pytest
 from helpers import small_mlp_config
