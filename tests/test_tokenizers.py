@@ -105,6 +105,7 @@ def test_sentencepiece_trains_deterministically_and_round_trips_text(tmp_path):
   assert load_tokenizer(str(tmp_path / 'vocab.json'), 'char') == a  # Any text dataset takes it.
   a.save_model(str(tmp_path / 'x.model'))
   assert tokenizers.SentencePiece.from_file(str(tmp_path / 'x.model')) == a
+  assert load_tokenizer(str(tmp_path / 'x.model')) == a
   ids, mask, cut = a.encode_batch(['All:', TEXT], max_len=8)
   assert ids.shape == (2, 8) and cut == 1 and mask[0].sum() == len(a.encode('All:'))
   with pytest.raises(ConfigError, match='cannot train config.data.vocab_size=100000'):
@@ -137,6 +138,7 @@ def test_a_tokenizer_json_file_is_chosen_by_path_and_saved_in_the_workdir(tmp_pa
   assert tok.encode('hear me, speak').tolist() == library.encode('hear me, speak').ids
   assert tok.decode([5, 7, 9]) == library.decode([5, 7, 9], skip_special_tokens=False)
   assert load_tokenizer(str(tmp_path / tokenizers.FILE)) == tok  # What a resumed run reads.
+  assert load_tokenizer(file) == tok  # The file itself, as a corpus's data.corpus.tokenizer.
 
 
 def test_the_tokenizer_choice_resolves_and_a_workdir_keeps_its_own(tmp_path):

@@ -345,12 +345,17 @@ FILE_KINDS = {'.model': SentencePiece, '.json': HFTokenizer}  # config.data.toke
 
 
 def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
-  """The tokenizer saved at `path`, of the kind its "type" names; ConfigError if it is missing,
-  of an unknown kind, or (given `kind`, a dataset's own) neither of that kind nor a general one."""
+  """The tokenizer saved at `path` (a vocab.json, of the kind its "type" names; also a `.model` or
+  a Hugging Face tokenizer.json file as they are); ConfigError if it is missing, of an unknown
+  kind, or (given `kind`, a dataset's own) neither of that kind nor a general one."""
   if not paths.exists(path):
     raise ConfigError(f'{path} is missing: this needs the tokenizer saved by training '
                       '(--workdir must be the trained run, or its export).')
+  if path.endswith('.model'):
+    return SentencePiece.from_file(path)
   data = _read_json(path)
+  if 'type' not in data and 'model' in data:  # A tokenizer.json (its "model": BPE, WordPiece...).
+    return HFTokenizer.from_file(path)
   saved = data.get('type')
   if saved not in KINDS:
     raise ConfigError(f'{path} holds a tokenizer of unknown type {saved!r}; known: '
