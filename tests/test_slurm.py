@@ -60,3 +60,26 @@ def test_sweep_carries_its_slurm_resources():
   assert spec.slurm == {'time': '10'}
   with pytest.raises(ConfigError, match='must be a dict'):
     s.normalize(s.Sweep([{'seed': 0}], slurm='10'))
+
+
+def test_interrupted_sweep_stops_its_jobs_and_marks_them(monkeypatch):
+  # Job 1 runs, job 2 is queued; Ctrl-C while following them.
+  calls = []
+  monkeypatch.setattr(slurm, 'states', lambda ids: {'1': 'RUNNING', '2': 'PENDING'})
+  monkeypatch.setattr(slurm, 'cancel', lambda running, queued: calls.append((running, queued)))
+  polls = []
+
+  def sleep(seconds):  # The second poll is interrupted.
+    polls.append(seconds)
+    if len(polls) == 2:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(slurm.time, 'sleep', sleep)
+  entries = [{'name': 'a', 'status': 'pending'}, {'name': 'b', 'status': 'pending'}]
+  jobs = iter(['1', '2'])
+  saved = []
+  with pytest.raises(KeyboardInterrupt):
+    slurm.follow_jobs(entries, submit=lambda e: e.update(job_id=next(jobs)),
+                      ended=lambda e, state: None, save=lambda: saved.append(1))
+  assert calls == [(['1'], ['2'])]  # SIGTERM to the running job (it saves), the queued removed.
+  assert [e['status'] for e in entries] == ['interrupted', 'interrupted'] and saved

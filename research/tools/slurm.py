@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shlex
 import shutil
 import subprocess
@@ -98,6 +99,20 @@ def job_script(command: list[str], point_dir: str, log_path: str, job_name: str,
   return '\n'.join(['#!/bin/bash', *(f'#SBATCH {shlex.quote(o)}' for o in options),
                     f'rm -f {exit_file}', f'srun {shlex.join(command)}', 'rc=$?',
                     f'echo $rc > {exit_file}', 'exit $rc', ''])
+
+
+def exit_code(point_dir: str) -> int | None:
+  """What the job script recorded: srun's exit status; None if it never got there."""
+  try:
+    with open(os.path.join(point_dir, EXIT_FILE)) as f:
+      return int(f.read().strip())
+  except (OSError, ValueError):
+    return None
+
+
+def clear_exit_code(point_dir: str) -> None:
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(point_dir, EXIT_FILE))
 
 
 def submit(script_path: str) -> str:

@@ -12,7 +12,6 @@ the first one's jobs are queued or running.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -113,11 +112,10 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(entries: Sequence[dict], walls: Sequence[float], parallel: int) -> str:
-  count = {s: sum(e['status'] == s for e in entries)
-           for s in ('done', 'failed', 'running', 'pending')}
+  count = {s: sum(e['status'] == s for e in entries) for s in ('done', 'failed', 'running')}
   left = len(entries) - count['done'] - count['failed']
-  queued = (f', {count["pending"]} pending in SLURM' if any(e.get('job_id') for e in entries)
-            else '')
+  in_slurm = sum(e['status'] == 'pending' and bool(e.get('job_id')) for e in entries)
+  queued = f', {in_slurm} pending in SLURM' if any(e.get('job_id') for e in entries) else ''
   eta = ''
   if walls and left:
     eta = f', ETA {_duration(sum(walls) / len(walls) * math.ceil(left / max(parallel, 1)))}'
@@ -295,6 +293,7 @@ def _run_queue(workdir: str, manifest: dict, start: Starter, poll_seconds: float
     write_manifest(workdir, manifest)
     raise
 
+
 def refuse_while_jobs_run(workdir: str) -> None:
   """A second submission while the jobs of the first are queued or running would train the same
   points twice at once (the first submitter may have died, its jobs live on)."""
@@ -319,8 +318,7 @@ def _submit(workdir: str, manifest: dict, entry: dict, res: slurm.Resources) -> 
                              os.getcwd()))
   with open(os.path.join(point_dir, LOG_FILE), 'a') as log:
     log.write(f'\n$ sbatch {script}  # srun {" ".join(cmd)}\n')
-  with contextlib.suppress(FileNotFoundError):
-    os.remove(os.path.join(point_dir, slurm.EXIT_FILE))  # An earlier job's.
+  slurm.clear_exit_code(point_dir)  # An earlier job's.
   entry.update(job_id=slurm.submit(script), status='pending', submitted=time.time())
   console.show(f'submitted {entry["name"]} as SLURM job {entry["job_id"]}'
                + (' (resuming)' if entry['resumed'] else ''))
@@ -330,11 +328,7 @@ def _job_ended(workdir: str, entry: dict, state: str | None) -> None:
   """Records a finished job: the exit code its script wrote, else SLURM's final state."""
   point_dir = os.path.join(workdir, entry['name'])
   log_path = os.path.join(point_dir, LOG_FILE)
-  try:
-    with open(os.path.join(point_dir, slurm.EXIT_FILE)) as f:
-      returncode = int(f.read().strip())
-  except (OSError, ValueError):
-    returncode = None
+  returncode = slurm.exit_code(point_dir)
   start = entry.pop('started', None) or entry.pop('submitted', time.time())
   entry.pop('submitted', None)
   _finish(workdir, entry, 1 if returncode is None else returncode, log_path, time.time() - start)
