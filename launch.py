@@ -13,6 +13,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only builds TFDS datasets here.
 
+from research import host  # noqa: E402  (stdlib only: nothing has started a thread yet)
+
+if __name__ == "__main__":
+  host.reexec_with_malloc_tuning()  # glibc malloc that keeps freed memory; same pid and argv.
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -23,9 +23,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1  # Micro-batches per optimizer step (grads summed; batch_size is global).
   c.nan_policy = 'stop'  # 'stop': raise, keep the last good checkpoint. 'skip': drop the update.
   c.progress_bar = True
-  # glibc malloc keeps the memory it frees (no mmap per block, no trimming), so XLA:CPU's per-step
-  # temporaries are not page-faulted in again every step (research/runtime/host.py); process-wide.
-  c.malloc_keep_freed_memory = True
   c.step_timeout_s = 0.0  # Watchdog: no step/eval/save for this long -> stacks + exit 5. 0 = off.
   # A run's workdir or checkpoint, or hf:PATH (a Hugging Face GPT-2 / BERT folder): start from
   # its params (research/transfer.py, research/hf).

@@ -28,7 +28,7 @@ from research import (
   runtime,
   transfer,
 )
-from research.runtime import host, resume_check
+from research.runtime import resume_check
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
@@ -51,8 +51,6 @@ def start(config: ml_collections.ConfigDict,
   config_checks.check_train_config(config)
   config_checks.check_workdir(workdir)
   runtime.check_config(config)
-  if config.get('malloc_keep_freed_memory'):
-    host.keep_freed_memory()  # Before the step's first (and every later) temporaries.
   config = hf.configure(config)  # init_from=hf:PATH: its config.json's architecture.
   # optimizer.decay_steps made concrete (a resumed run keeps its recorded schedule length).
   config = resume_check.resolve_schedule(workdir, config)

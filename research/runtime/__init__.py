@@ -8,7 +8,6 @@ was dispatched, a log point, a save). Behind it:
   faults.py        faults injected by the tests (RESEARCH_FAULT_INJECTION), never by a config.
   resume_check.py  a workdir continues only the run that wrote it (config diff on resume).
   distributed.py   joining a multi-process job before any JAX computation.
-  host.py          process-wide host settings for speed (glibc malloc keeps freed memory).
 Each fault, what the run does about it, the test that shows it and the exit codes:
 docs/reliability.md.
 """

@@ -49,9 +49,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import build, config_checks, data, hf, parallel
+from research import build, config_checks, data, hf, host, parallel
 from research.errors import ConfigError
-from research.runtime import host
 from research.tools import flops, op_profile
 from research.train import train_and_evaluate
 
@@ -214,8 +213,6 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_checks.check_workdir(workdir)
   config = hf.configure(config)  # init_from=hf:PATH: the architecture its config.json gives.
   load_start = os.getloadavg()[0]
-  if config.get('malloc_keep_freed_memory'):
-    host.keep_freed_memory()  # As train.py does.
   dataset = data.get_dataset(config, jax.process_index(), jax.process_count(), workdir=workdir)
   p_train, state, layout, num_params = build_step(config, dataset)
   bench = config.benchmark
@@ -303,6 +300,7 @@ def benchmark(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # page faults) and its minor page faults, per step, this process (all threads).
       'user_seconds_per_step': user_s, 'system_seconds_per_step': sys_s,
       'minor_page_faults_per_step': faults,
+      'malloc_tuned': host.malloc_tuned(),
       'threads': len(os.listdir('/proc/self/task')) if os.path.isdir('/proc/self/task') else None,
       'peak_flops_per_cpu_second': peak_per_cpu_second,
       'mfu_cpu_time': (model_flops / cpu_step_s / peak_per_cpu_second
@@ -368,7 +366,9 @@ def format_report(r: dict) -> str:
       ('CPU time', f'{1e3 * r["user_seconds_per_step"]:.1f} ms user + '
                    f'{1e3 * r["system_seconds_per_step"]:.1f} ms system per step, '
                    f'{r["minor_page_faults_per_step"]:,.0f} minor page faults per step '
-                   f'(this process, all threads: {r["threads"] or "n/a"})'),
+                   f'(this process, all threads: {r["threads"] or "n/a"}; malloc '
+                   + ('tuned, research/host.py)' if r['malloc_tuned'] else
+                      "glibc's defaults)")),
       ('memory/device', f'{mib(mem.get("peak_estimate"))} XLA peak estimate (arguments '
                         f'{mib(mem.get("arguments"))} + outputs {mib(mem.get("outputs"))} - '
                         f'donated {mib(mem.get("donated"))} + temp {mib(mem.get("temp"))}); '
