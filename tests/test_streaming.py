@@ -140,3 +140,37 @@ def test_a_dataset_with_its_own_in_memory_module_refuses_to_stream():
   c.data.update(name='mnist1d', source='stream', data_dir='/nonexistent')
   with pytest.raises(ConfigError, match="data.name='mnist1d' has a module of its own"):
     data.get_dataset(c)
+
+
+OWN_DATA = '''
+import numpy as np
+from research.data import streaming
+
+
+def parse(record):  # Defined here, in a file loaded by path: the worker gets it by value.
+  values = np.frombuffer(record, np.int16)
+  return {{'x': values[1:].astype(np.uint8).reshape(5, 1), 'y': np.int32(values[0] % 3)}}
+
+
+def get_data(config):
+  source = streaming.RecordFiles({paths!r}, decode=parse)
+  return {{'train': source, 'test': source}}
+'''
+
+
+def test_own_record_files_stream_through_get_data_with_a_worker(shards, tmp_path):
+  experiment = tmp_path / 'my_records.py'
+  experiment.write_text(OWN_DATA.format(paths=shards))
+  c = base_config()
+  c.batch_size, c.eval_batch_size, c.data.workers = 8, 10, 1
+  c.data.update(name='my_records', get_data=str(experiment), inputs='x', targets='y',
+                num_classes=3, preprocess='value_range(0, 1)')
+  memory = data.get_dataset(c.copy_and_resolve_references())
+  c.data.source = 'stream'
+  streamed = data.get_dataset(c)
+  try:
+    assert streamed.meta == memory.meta
+    for step in range(4):  # Step 0 made here, 1-3 by the worker.
+      assert equal(streamed.train_batch(step), memory.train_batch(step))
+  finally:
+    streamed.train_batch.close()

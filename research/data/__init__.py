@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from research.config import base_config
-from research.data import generic, lm_corpus, mnist1d, shakespeare, sst2
+from research.data import generic, generic_stream, lm_corpus, mnist1d, shakespeare, sst2
 from research.data.spec import Dataset, DatasetSpec, Meta
 from research.errors import ConfigError
 
@@ -42,6 +42,9 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int = 0,
   spec = get_spec(config)
   if spec in IN_MEMORY and config.data.get('source') == 'stream':
     raise ConfigError(f"config.data.source='stream': data.name={spec.name!r} has a module of its "
-                      "own that reads it into memory; streaming is the generic TFDS path's "
+                      "own that reads it into memory; streaming is the generic path's "
                       "(set data.source='memory' or 'auto').")
+  if (isinstance(spec, generic.GenericSpec)
+      and generic_stream.choose(config, process_index) == 'stream'):
+    return generic_stream.get_dataset(config, process_index, process_count, workdir)
   return spec.get_dataset(config, process_index, process_count, workdir)

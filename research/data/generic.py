@@ -32,7 +32,6 @@ from research.data import (
   preprocess,
   shakespeare,
   spec,
-  streaming,
   tfds_build,
 )
 from research.data.spec import DatasetSpec, Meta
@@ -260,59 +259,6 @@ def classification(config: ml_collections.ConfigDict, arrays: dict, features: di
   return dataset, labels, 'text' if tok else 'array'
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchOps:
-  """The config's ops on this process's rows of a batch (picklable: grain's workers run it)."""
-
-  ops: tuple
-  seed: int
-  rows: slice
-  batch_size: int
-
-  def __call__(self, batch: pipeline.Batch, train: bool, step: int = 0) -> pipeline.Batch:
-    rand = preprocess.Rand(self.seed, step, self.rows, self.batch_size)
-    return dict(batch, inputs=_float(preprocess.apply(self.ops, batch['inputs'], train=train,
-                                                      rand=rand)))
-
-
-def streamed_classification(config: ml_collections.ConfigDict, process_index: int,
-                            process_count: int) -> tuple[spec.Dataset, list[str], str, dict]:
-  """(dataset, class names, input kind, features) of a classifier over a TFDS dataset read record
-  by record through grain (streaming.py): the in-memory path's batches and ops, decoded in worker
-  processes. Image/array inputs with a ClassLabel (or data.num_classes) target only: a text
-  input's vocabulary would need the whole split first."""
-  d = config.data
-  if d.get_data or not d.targets:
-    raise ConfigError('config.data.source=\'stream\' reads a TFDS classification dataset (not '
-                      'get_data, not a language model); use data.source=\'memory\'.')
-  data_dir = d.data_dir or tfds_build.default_data_dir()
-  features = tfds_features(tfds_build.get_builder(d.name, data_dir))
-  check_keys(config, features, f'TFDS dataset {d.name!r}')
-  ops = preprocess.parse(d.preprocess)
-  if features[d.inputs].text or preprocess.tokenize_args(ops):
-    raise ConfigError(f'config.data.source=\'stream\': config.data.inputs={d.inputs!r} is text, '
-                      'whose vocabulary needs the whole split; use data.source=\'memory\'.')
-  target = features[d.targets]
-  n = len(target.class_names) if target.class_names else d.num_classes
-  if not n:
-    raise ConfigError(f'config.data.source=\'stream\' needs the number of classes: '
-                      f'{d.targets!r} is not a ClassLabel, so set config.data.num_classes.')
-  train, test = (streaming.tfds_source(d.name, s, data_dir, d.manual_dir or None, None,
-                                       d.download) for s in (d.train_split, d.eval_split))
-  rows = pipeline.process_rows(config.batch_size, process_index, process_count)
-  finish = BatchOps(ops, config.seed, rows, config.batch_size)
-  fields = streaming.Fields(d.inputs, d.targets)
-  shape = finish(streaming.stack([fields(test[0])]), False)['inputs'].shape[1:]
-  train_shape = finish(streaming.stack([fields(train[0])]), True)['inputs'].shape[1:]
-  if train_shape != shape:
-    raise ConfigError(f'config.data.preprocess gives training inputs of shape {train_shape} but '
-                      f'eval inputs of {shape}: the random ops must keep the eval shape.')
-  meta = Meta(task='classification', num_classes=n, input_shape=shape)
-  dataset = streaming.stream_dataset(config, train, test, fields, meta, process_index,
-                                     process_count, finish)
-  return dataset, list(target.class_names or map(str, range(n))), 'array', features
-
-
 def language_model(config: ml_collections.ConfigDict, arrays: dict, features: dict[str, Feature],
                    process_index: int, process_count: int,
                    workdir: str | None) -> tuple[spec.Dataset, list[str], str]:
@@ -350,18 +296,9 @@ def language_model(config: ml_collections.ConfigDict, arrays: dict, features: di
 
 def get_dataset(config: ml_collections.ConfigDict, process_index: int = 0,
                 process_count: int = 1, workdir: str | None = None) -> spec.Dataset:
-  d = config.data
-  size = None if d.get_data else streaming.tfds_split_bytes(
-      d.data_dir or tfds_build.default_data_dir(), d.name, d.train_split)
-  source, why = streaming.choose_source(d.source, size)
-  streaming.announce(d.name, source, why, d.workers, process_index)
-  if source == 'stream':
-    dataset, labels, kind, features = streamed_classification(config, process_index,
-                                                              process_count)
-  else:
-    arrays, features = load_splits(config)
-    build = classification if d.targets else language_model
-    dataset, labels, kind = build(config, arrays, features, process_index, process_count, workdir)
+  arrays, features = load_splits(config)
+  build = classification if config.data.targets else language_model
+  dataset, labels, kind = build(config, arrays, features, process_index, process_count, workdir)
   logging.info('Data %s: %s, %d eval examples, %s.', config.data.name,
                'inputs ' + config.data.inputs + (' -> ' + config.data.targets
                                                  if config.data.targets else ' (LM)'),

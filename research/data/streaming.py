@@ -105,15 +105,17 @@ def check_record_files(paths: Sequence[str]) -> list[int]:
 
 
 class RecordFiles:
-  """ArrayRecord shards a user wrote, as one random-access source of raw records (bytes).
+  """ArrayRecord shards a user wrote, as one random-access source: raw records (bytes), or what
+  `decode(record)` makes of each (e.g. a dict of arrays, for get_data with data.source=stream).
 
   Checked on creation (`check_record_files`); a record that fails to read later raises a
   ConfigError naming its file. Picklable, so grain's worker processes can open it again."""
 
-  def __init__(self, paths: Sequence[str]):
+  def __init__(self, paths: Sequence[str], decode: Callable[[bytes], Any] | None = None):
     self.paths = [str(p) for p in paths]
     if not self.paths:
       raise ConfigError('No record files given.')
+    self.decode = decode
     self.counts = check_record_files(self.paths)
     self._starts = np.cumsum([0] + self.counts)
     self._source = grain.sources.ArrayRecordDataSource(self.paths)
@@ -121,16 +123,17 @@ class RecordFiles:
   def __len__(self) -> int:
     return int(self._starts[-1])
 
-  def __getitem__(self, index: int) -> bytes:
+  def __getitem__(self, index: int):
     return self.__getitems__([index])[0]
 
-  def __getitems__(self, indices: Sequence[int]) -> list[bytes]:
+  def __getitems__(self, indices: Sequence[int]) -> list:
     try:
-      return list(self._source.__getitems__(list(indices)))
+      records = list(self._source.__getitems__(list(indices)))
     except RuntimeError as e:
       file = self.paths[int(np.searchsorted(self._starts, max(indices), 'right')) - 1]
       raise ConfigError(f'Record file {file} is corrupt: reading records {list(indices)[:4]}... '
                         f'failed: {str(e).strip() or type(e).__name__}.') from e
+    return [self.decode(r) for r in records] if self.decode else records
 
 
 def tfds_source(name: str, split: str, data_dir: str, manual_dir: str | None,
