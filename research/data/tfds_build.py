@@ -116,8 +116,9 @@ def load_arrays(name: str, split: str, data_dir: str | None, manual_dir: str | N
                 download: bool = True) -> dict[str, np.ndarray]:
   """A whole split as numpy arrays, decoded once and cached beside the TFDS files.
 
-  Small datasets live in memory: decoding a PNG per record on every epoch costs ~20x more than the
-  train step, so the first run decodes with TFDS and saves `.npz`; later runs skip TensorFlow.
+  Small datasets live in memory: decoding a record per step costs ~100x the CPU of gathering it
+  (docs/data.md#streaming), so the first run decodes with TFDS and saves `.npz`; later runs skip
+  TensorFlow. Larger data streams instead (streaming.py).
   """
   data_dir = data_dir or default_data_dir()
   arrays = read_cache(name, split, data_dir)
