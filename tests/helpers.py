@@ -3,6 +3,7 @@
 Test files import from here, never from one another, so moving a test file moves nothing else.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,10 +22,14 @@ import experiments.mnist_mlp as mnist_mlp
 import experiments.shakespeare_char as shakespeare_char
 from research import models
 from research.config import base_config
-from research.data import generic, streaming
+from research.data import corpus, corpus_build, generic, streaming
 from research.data.spec import Meta
+from research.data.tokenizers import CharVocab
 
 LM_VOCAB = 65  # Tiny Shakespeare's characters.
+# A few speeches, repeated: text a SentencePiece model trains on in a second.
+SPEECHES = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
+            'First Citizen:\nYou are all resolved rather to die than to famish?\n') * 20
 
 
 def free_port() -> int:
@@ -168,3 +173,52 @@ def write_record_shards(directory, sizes=(20, 33)) -> list[str]:
     paths.append(path)
     start += size
   return paths
+
+
+# --- Token corpora (research/data/corpus_build.py, corpus.py) --------------------------------
+
+# Documents separated by blank lines; the second file has non-ASCII characters (2- and 3-byte).
+CORPUS_TEXTS = {'a.txt': 'First doc.\nTwo lines.\n\nSecond doc\n\n\nThird, after a triple newline.',
+                'b.txt': 'Über den Fluß.\n\nEnd — fin.\n\n'}
+
+
+@dataclasses.dataclass(frozen=True)
+class WrappedVocab:
+  """Any tokenizer that is not a CharVocab: the per-document path (a CharVocab inside)."""
+
+  inner: CharVocab
+  KIND = 'char'
+
+  @property
+  def vocab_size(self):
+    return self.inner.vocab_size
+
+  def encode(self, text, what='text'):
+    return self.inner.encode(text, what)
+
+  def decode(self, ids):
+    return self.inner.decode(ids)
+
+  def save(self, path):
+    self.inner.save(path)
+
+
+def write_texts(folder, texts=CORPUS_TEXTS):
+  paths = []
+  for name, text in texts.items():
+    paths.append(str(folder / name))
+    with open(paths[-1], 'w', encoding='utf-8') as f:
+      f.write(text)
+  return paths
+
+
+def build_corpus(tmp_path, tokenizer=None, shard_tokens=20, eval_fraction=0.0, paths=None,
+                 separator='\n\n'):
+  """(the opened corpus, its tokenizer) of CORPUS_TEXTS (or `paths`) built under tmp_path/cache;
+  eval_fraction 0: the last file is also the eval split."""
+  paths = paths or write_texts(tmp_path)
+  tokenizer = tokenizer or corpus_build.char_vocab(paths)
+  sources = {'train': paths, 'eval': paths[-1:] if not eval_fraction else []}
+  folder = corpus_build.build(str(tmp_path / 'cache'), sources, tokenizer, separator,
+                              eval_fraction, shard_tokens)
+  return corpus.open_corpus(folder), tokenizer

@@ -7,9 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 import tokenizers as hf_tokenizers
+from helpers import SPEECHES as TEXT
 
 from research import data
-from research.data import corpus, generic, tokenizers
+from research.data import generic, tokenizers
 from research.data.spec import Meta
 from research.data.tokenizers import CharVocab, WordVocab, load_tokenizer
 from research.errors import ConfigError
@@ -81,35 +82,6 @@ def test_a_workdirs_meta_round_trips_through_json(tmp_path, name, config, saved)
 def test_a_name_no_module_claims_is_read_generically():
   assert isinstance(data.get_spec('mnist2d'), generic.GenericSpec)
   assert data.get_spec('mnist1d') is data.DATASETS['mnist1d']
-
-
-TEXT = ('First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n'
-        'First Citizen:\nYou are all resolved rather to die than to famish?\n') * 20
-
-
-def test_sentencepiece_trains_deterministically_and_round_trips_text(tmp_path):
-  """Same text and size, same model bytes; decode(encode(text)) is the text, newlines and runs
-  of spaces included; WordVocab's reserved ids; saved in vocab.json and loaded back equal."""
-  a = tokenizers.SentencePiece.train([TEXT], 40)
-  assert a.model == tokenizers.SentencePiece.train([TEXT], 40).model
-  assert a.vocab_size == 40
-  assert [a.token_id(t) for t in tokenizers.SPECIALS] == [tokenizers.PAD, tokenizers.UNK,
-                                                         tokenizers.MASK]
-  for text in (TEXT, 'Speak,  speak.\n\n'):
-    assert a.decode(a.encode(text)) == text
-  assert len(a.encode(TEXT)) < len(TEXT)  # Subwords, not characters.
-  # Bits per byte counts each piece's bytes: they add up to the text's exactly.
-  assert corpus.token_bytes(a)[a.encode(TEXT)].sum() == len(TEXT.encode())
-  a.save(str(tmp_path / 'vocab.json'))
-  assert json.loads((tmp_path / 'vocab.json').read_text())['type'] == 'sentencepiece'
-  assert load_tokenizer(str(tmp_path / 'vocab.json'), 'char') == a  # Any text dataset takes it.
-  a.save_model(str(tmp_path / 'x.model'))
-  assert tokenizers.SentencePiece.from_file(str(tmp_path / 'x.model')) == a
-  assert load_tokenizer(str(tmp_path / 'x.model')) == a
-  ids, mask, cut = a.encode_batch(['All:', TEXT], max_len=8)
-  assert ids.shape == (2, 8) and cut == 1 and mask[0].sum() == len(a.encode('All:'))
-  with pytest.raises(ConfigError, match='cannot train config.data.vocab_size=100000'):
-    tokenizers.SentencePiece.train([TEXT], 100_000)
 
 
 def hf_tokenizer_file(path, model: str) -> str:

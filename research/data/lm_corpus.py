@@ -33,11 +33,11 @@ import ml_collections
 import numpy as np
 
 from research.config_checks import check_choice, check_positive
-from research.data import corpus, pipeline, spec, tfds_build
+from research.data import corpus, corpus_build, pipeline, spec, tfds_build
 from research.data.corpus import Split
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
-from research.data.tokenizers import CharVocab, Tokenizer, load_tokenizer
+from research.data.tokenizers import CharVocab, Tokenizer, load_tokenizer, token_bytes
 from research.errors import ConfigError
 
 NAME = 'lm_corpus'
@@ -55,19 +55,19 @@ def sources(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
     raise ConfigError(f'config.data.corpus.eval_fraction={c.eval_fraction!r} must be in (0, 1) '
                       'when config.data.corpus.eval_files is empty (the eval split is held out '
                       'from the train files).')
-  return {'train': corpus.resolve_files(c.train_files, 'data.corpus.train_files'),
-          'eval': corpus.resolve_files(c.eval_files, 'data.corpus.eval_files')
+  return {'train': corpus_build.resolve_files(c.train_files, 'data.corpus.train_files'),
+          'eval': corpus_build.resolve_files(c.eval_files, 'data.corpus.eval_files')
           if c.eval_files else []}
 
 
 def cached_char_vocab(folder: str, paths: list[str]) -> CharVocab:
   """The characters of the train files, found once and kept in the cache dir."""
-  key = hashlib.sha256(json.dumps([corpus.source_record(p) for p in paths]).encode())
+  key = hashlib.sha256(json.dumps([corpus_build.source_record(p) for p in paths]).encode())
   path = os.path.join(folder, f'charvocab-{key.hexdigest()[:16]}.json')
   if not os.path.exists(path):
     with tfds_build.build_lock(folder, os.path.basename(path)):
       if not os.path.exists(path):
-        corpus.char_vocab(paths).save(path)
+        corpus_build.char_vocab(paths).save(path)
   return CharVocab.load(path)
 
 
@@ -171,7 +171,7 @@ def open_dataset(config: ml_collections.ConfigDict,
   c = config.data.corpus
   files = sources(config)
   tokenizer = get_tokenizer(config, workdir, files['train'])
-  folder = corpus.build(cache_dir(config), files, tokenizer, c.separator, c.eval_fraction,
+  folder = corpus_build.build(cache_dir(config), files, tokenizer, c.separator, c.eval_fraction,
                         c.shard_tokens)
   data = corpus.open_corpus(folder, c.verify)
   block_size = config.data.block_size
@@ -189,7 +189,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
     tokenizer.save(os.path.join(workdir, VOCAB_FILE))  # Only once every check passed.
   train, evals = data.splits['train'], data.splits['eval']
   packing, block_size = bool(config.data.packing), config.data.block_size
-  bytes_table = corpus.token_bytes(tokenizer)
+  bytes_table = token_bytes(tokenizer)
   return spec.Dataset(
       train_batch=functools.partial(
           train_windows, train, seed=config.seed, batch_size=config.batch_size,

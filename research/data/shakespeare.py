@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from research.config_checks import check_positive
-from research.data import corpus, pipeline, spec, tfds_build
+from research.data import pipeline, spec, tfds_build
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
 from research.data.tokenizers import (
@@ -39,6 +39,7 @@ from research.data.tokenizers import (
   check_choice,
   get_tokenizer,
   hf_tokenizer,
+  token_bytes,
 )
 from research.errors import ConfigError
 
@@ -129,7 +130,7 @@ def get_dataset(config: ml_collections.ConfigDict, process_index: int, process_c
     raise ConfigError(f'The eval text has {len(eval_ids)} tokens: not one eval window of '
                       f'config.data.block_size={block_size}.')
   # Each target's UTF-8 bytes, so the eval reports bits per byte (= bits/char on ASCII text).
-  windows['target_bytes'] = (corpus.token_bytes(vocab)[windows['targets']]
+  windows['target_bytes'] = (token_bytes(vocab)[windows['targets']]
                              * windows['target_mask']).astype(np.float32)
   train_batch = functools.partial(train_windows, train_ids, seed=config.seed,
                                   batch_size=config.batch_size, block_size=block_size,
