@@ -7,7 +7,7 @@ the last 10% of the text is the eval split), reporting bits per byte beside the 
 
   python launch.py --config=experiments/lm_corpus.py --workdir=/tmp/my_lm \
       --config.data.corpus.train_files='/data/books/*.txt' \
-      --config.data.corpus.tokenizer=/path/to/vocab.json   # '' = characters of the files
+      --config.data.tokenizer=sentencepiece   # '' = characters; or PATH.model, a tokenizer.json
 
 Presets (FILE:PRESET):
   :cpu     the Tiny Shakespeare :cpu recipe (4 layers, d_model 128, block 64, batch 12, 2000 steps).

@@ -61,7 +61,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.corpus.eval_files = ''  # '' = the documents in the last eval_fraction of the train files.
   c.data.corpus.eval_fraction = 0.1  # nanoGPT's 90/10 split (only when eval_files is '').
   c.data.corpus.separator = '\n\n'  # Ends a document (kept in it); '' = one document per file.
-  c.data.corpus.tokenizer = ''  # A saved tokenizer file (any kind); '' = the files' characters.
   c.data.corpus.cache_dir = ''  # Token shards; '' = <data_dir>/lm_corpus.
   c.data.corpus.shard_tokens = 1 << 28  # Tokens per shard (whole documents, so a bit more).
   c.data.corpus.verify = 'sha256'  # Shards checked at start: sha256 (every byte) | size.
@@ -69,8 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   # one by one through grain from an ArrayRecord build; 'auto': stream above 1 GiB on disk.
   c.data.source = 'auto'
   c.data.workers = 1  # Streaming: grain worker processes decoding batches (0 = in the trainer).
-  # Text datasets: '' (the dataset's own: char or word) | char | word | sentencepiece (trained on
-  # the train split) | PATH.model (SentencePiece) | PATH/tokenizer.json (Hugging Face).
+  # Text datasets (lm_corpus too): '' (the dataset's own: char or word) | char | word |
+  # sentencepiece (trained on the train split) | PATH.model (SentencePiece) |
+  # PATH/tokenizer.json (Hugging Face) | PATH/vocab.json (a run's saved tokenizer).
   c.data.tokenizer = ''
   c.data.vocab_size = 512  # data.tokenizer='sentencepiece': pieces to train.
 

@@ -1,5 +1,6 @@
 """research/data/lm_corpus.py: windows of (seed, step) over token shards, per-process rows,
-whole-split evaluation with byte counts, packing's segment ids and positions."""
+whole-split evaluation with byte counts, packing's segment ids and positions, the tokenizer
+chosen by config.data.tokenizer."""
 
 import os
 
@@ -108,7 +109,7 @@ def test_tokenizer_saved_in_the_workdir_and_reused(tmp_path):
   first = get_dataset(config, workdir=str(workdir))
   assert (workdir / 'vocab.json').exists()
   assert get_dataset(config, workdir=str(workdir)).tokenizer == first.tokenizer
-  config.data.corpus.tokenizer = str(workdir / 'vocab.json')  # A tokenizer file, any kind.
+  config.data.tokenizer = str(workdir / 'vocab.json')  # A run's saved tokenizer file.
   assert get_dataset(config).tokenizer == first.tokenizer
 
 
@@ -129,7 +130,7 @@ def test_a_subword_tokenizer_counts_the_bytes_of_its_tokens(tmp_path):
   tok = HFTokenizer.from_file(os.path.join(require_fixture('hf/gpt2_tiny'), 'tokenizer.json'))
   tok.save(str(tmp_path / 'bpe.json'))
   config = corpus_config(tmp_path)
-  config.data.corpus.tokenizer = str(tmp_path / 'bpe.json')
+  config.data.tokenizer = str(tmp_path / 'bpe.json')
   ds = get_dataset(config)
   assert ds.tokenizer.KIND == 'hf' and ds.meta.vocab_size == tok.vocab_size
   batches = list(ds.eval_batches())
@@ -138,3 +139,32 @@ def test_a_subword_tokenizer_counts_the_bytes_of_its_tokens(tmp_path):
   eval_bytes = sum(b['target_bytes'].sum() for b in batches)
   assert eval_bytes == len(tok.decode(targets).encode('utf-8'))
   assert eval_bytes > len(targets)  # Some tokens are several bytes: bits/byte < bits/token.
+
+
+def test_a_sentencepiece_tokenizer_trains_on_the_train_documents_only(tmp_path):
+  """data.tokenizer='sentencepiece' (as for every text dataset): trained on the train split's
+  documents, so a word only the held-out quarter has is no piece of it."""
+  config = corpus_config(tmp_path)
+  (tmp_path / 'text.txt').write_text(''.join(DOCS) + 'doc 99: zebra.\n\n')  # In the eval split.
+  config.data.tokenizer, config.data.vocab_size = 'sentencepiece', 30
+  ds = get_dataset(config)
+  assert ds.tokenizer.KIND == 'sentencepiece' and ds.meta.vocab_size == 30
+  assert ds.tokenizer.token_id('z') is None
+  batch = ds.train_batch(0)
+  text = (tmp_path / 'text.txt').read_text()
+  assert ds.tokenizer.decode(batch['inputs'][0]) in text
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('tokenizer', 'word', "'word' does not suit this dataset"),
+    ('tokenizer', 'MISSING.model', 'no such file'),
+    ('corpus.tokenizer', 'x.json', 'config.data.corpus.tokenizer is no key')])
+def test_a_bad_tokenizer_choice_fails_before_the_workdir_changes(tmp_path, key, value, message):
+  config = corpus_config(tmp_path)
+  section = config.data.corpus if key.startswith('corpus.') else config.data
+  section[key.split('.')[-1]] = value.replace('MISSING', str(tmp_path / 'missing'))
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  with pytest.raises(ConfigError, match=message):
+    get_dataset(config, workdir=str(workdir))
+  assert os.listdir(workdir) == [] and not (tmp_path / 'cache').exists()

@@ -117,6 +117,15 @@ def _decode(block: bytes, path: str) -> str:
     raise ConfigError(f'{path} is not UTF-8 text ({e}); a corpus file must be UTF-8.') from e
 
 
+def train_text(sources: dict, separator: str, eval_fraction: float) -> Iterator[str]:
+  """The train split's text (the documents write_corpus puts there), a block of whole documents
+  at a time: what a tokenizer trains on, so none of the held-out eval text is seen."""
+  cut = holdout_cut(sources['train'], eval_fraction) if not sources['eval'] else None
+  for split, path, block, _ in split_documents(sources['train'], separator.encode('utf-8'), cut):
+    if split == 'train':
+      yield _decode(block, path)
+
+
 def encode_block(tokenizer: Tokenizer, block: bytes, lengths: np.ndarray,
                  path: str) -> tuple[np.ndarray, np.ndarray]:
   """(ids, tokens per document) of a block of whole documents.

@@ -3,10 +3,11 @@
 config.data.name = 'lm_corpus'. config.data.corpus.train_files (globs) are tokenized once into
 `<cache_dir>/<key>/` and read a window at a time; the eval split is
 config.data.corpus.eval_files, or else the documents in the last eval_fraction of the train
-files' bytes (nanoGPT's 90/10 split, at a document boundary). The tokenizer: the workdir's
-vocab.json when resuming, else the file config.data.corpus.tokenizer (any kind `load_tokenizer`
-reads), else the characters of the train files; it is saved as WORKDIR/vocab.json, so a resumed
-run and sampling reuse it.
+files' bytes (nanoGPT's 90/10 split, at a document boundary). The tokenizer is chosen by
+config.data.tokenizer as for every text dataset (tokenizers.get_tokenizer): the workdir's
+vocab.json when resuming, else a file (PATH.model, a tokenizer.json, a saved vocab.json), else
+'sentencepiece' trained on the train documents, else (the default, 'char') the characters of the
+train files; it is saved as WORKDIR/vocab.json, so a resumed run and sampling reuse it.
 
 Train batches are windows of block_size + 1 tokens at uniform random positions of the train
 stream (documents back to back), drawn from a generator seeded by (seed, step), as Tiny
@@ -33,11 +34,11 @@ import ml_collections
 import numpy as np
 
 from research.config_checks import check_choice, check_positive
-from research.data import corpus, corpus_build, pipeline, spec, tfds_build
+from research.data import corpus, corpus_build, pipeline, spec, tfds_build, tokenizers
 from research.data.corpus import Split
 from research.data.spec import DatasetSpec, Meta
 from research.data.tokenizers import FILE as VOCAB_FILE
-from research.data.tokenizers import CharVocab, Tokenizer, load_tokenizer, token_bytes
+from research.data.tokenizers import CharVocab, SentencePiece, Tokenizer, token_bytes
 from research.errors import ConfigError
 
 NAME = 'lm_corpus'
@@ -72,14 +73,19 @@ def cached_char_vocab(folder: str, paths: list[str]) -> CharVocab:
 
 
 def get_tokenizer(config: ml_collections.ConfigDict, workdir: str | None,
-                  train_paths: list[str]) -> Tokenizer:
-  """The workdir's saved tokenizer, else config.data.corpus.tokenizer, else characters."""
-  saved = os.path.join(workdir, VOCAB_FILE) if workdir else None
-  if saved and os.path.exists(saved):
-    return load_tokenizer(saved)
-  if config.data.corpus.tokenizer:
-    return load_tokenizer(os.path.expanduser(config.data.corpus.tokenizer))
-  return cached_char_vocab(cache_dir(config), train_paths)
+                  files: dict[str, list[str]]) -> Tokenizer:
+  """The workdir's saved tokenizer, else config.data.tokenizer's, by default the characters of
+  the train files; not saved here (get_dataset saves it once every shard check passed)."""
+  c = config.data.corpus
+
+  def build(kind: str) -> Tokenizer:
+    if kind == SentencePiece.KIND:  # Holds the train split's text in memory while it trains.
+      return SentencePiece.train(corpus_build.train_text(files, c.separator, c.eval_fraction),
+                                 config.data.vocab_size)
+    return cached_char_vocab(cache_dir(config), files['train'])
+
+  return tokenizers.get_tokenizer(config.data.tokenizer, CharVocab.KIND, build, workdir=workdir,
+                                  save=False)
 
 
 def segments(doc_starts: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,9 +162,13 @@ def meta(config: ml_collections.ConfigDict, tokenizer: Tokenizer | None) -> Meta
   return Meta(task='lm', vocab_size=tokenizer.vocab_size, block_size=config.data.block_size)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
   check_positive(config, 'data.block_size', 'data.corpus.shard_tokens')
   check_choice(config, 'data.corpus.verify', VERIFY)
+  if 'tokenizer' in config.data.corpus:  # The key before data.tokenizer served every dataset.
+    raise ConfigError('config.data.corpus.tokenizer is no key: the tokenizer is '
+                      'config.data.tokenizer (docs/data.md, "Tokenizers").')
+  tokenizers.check_choice(config.data.tokenizer, CharVocab.KIND, workdir)
   if not config.data.corpus.train_files:
     raise ConfigError('config.data.corpus.train_files is empty: name the text files (a glob, '
                       'or several separated by commas).')
@@ -167,12 +177,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def open_dataset(config: ml_collections.ConfigDict,
                  workdir: str | None) -> tuple[corpus.Corpus, Tokenizer]:
   """The tokenized corpus (built now if needed) and its tokenizer, every shard checked."""
-  check_config(config)
+  check_config(config, workdir)
   c = config.data.corpus
   files = sources(config)
-  tokenizer = get_tokenizer(config, workdir, files['train'])
+  tokenizer = get_tokenizer(config, workdir, files)
   folder = corpus_build.build(cache_dir(config), files, tokenizer, c.separator, c.eval_fraction,
-                        c.shard_tokens)
+                              c.shard_tokens)
   data = corpus.open_corpus(folder, c.verify)
   block_size = config.data.block_size
   for name, split in data.splits.items():

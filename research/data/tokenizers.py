@@ -59,7 +59,8 @@ KINDS: dict[str, type] = {CharVocab.KIND: CharVocab, WordVocab.KIND: WordVocab,
 # Kinds any text dataset takes (a dataset's own kind, 'char' or 'word', is its default).
 GENERAL_KINDS = (HFTokenizer.KIND, SentencePiece.KIND)
 TRAINED = (CharVocab.KIND, WordVocab.KIND, SentencePiece.KIND)  # config.data.tokenizer names.
-FILE_KINDS = {'.model': SentencePiece, '.json': HFTokenizer}  # config.data.tokenizer=PATH.
+# config.data.tokenizer=PATH: a .model, or a .json (a tokenizer.json or a saved vocab.json).
+FILE_KINDS = {'.model': SentencePiece, '.json': HFTokenizer}
 
 
 def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
@@ -71,7 +72,10 @@ def load_tokenizer(path: str, kind: str | None = None) -> Tokenizer:
                       '(--workdir must be the trained run, or its export).')
   if path.endswith('.model'):
     return SentencePiece.from_file(path)
-  data = read_json(path)
+  try:
+    data = read_json(path)
+  except ValueError as e:
+    raise ConfigError(f'{path} is not a tokenizer file (not JSON: {e}).') from e
   if 'type' not in data and 'model' in data:  # A tokenizer.json (its "model": BPE, WordPiece...).
     return HFTokenizer.from_file(path)
   saved = data.get('type')
@@ -103,26 +107,31 @@ def check_choice(choice: str, own: str, workdir: str | None = None) -> None:
                     f'file ending in {sorted(FILE_KINDS)}.{suggest(choice, names)}')
 
 
-def _kind_of(choice: str) -> str:
-  """The kind a (checked, non-empty) config.data.tokenizer names."""
-  return choice if choice in TRAINED else FILE_KINDS[os.path.splitext(choice)[1]].KIND
+def _kind_of(choice: str, own: str) -> str | None:
+  """The kind a (checked, non-empty) config.data.tokenizer names; a file's own "type" (a .json may
+  be a tokenizer.json or any saved vocab.json), None when the file is gone (a resumed run)."""
+  if choice in TRAINED:
+    return choice
+  return load_tokenizer(choice, own).KIND if paths.exists(choice) else None
 
 
 def get_tokenizer(choice: str, own: str, build: Callable[[str], Tokenizer], *,
                   workdir: str | None, process_index: int = 0,
-                  fallback: Tokenizer | None = None) -> Tokenizer:
-  """The run's tokenizer, saved as WORKDIR/vocab.json (by process 0) when new.
+                  fallback: Tokenizer | None = None, save: bool = True) -> Tokenizer:
+  """The run's tokenizer, saved as WORKDIR/vocab.json (by process 0) when new, unless `save` is
+  False (the caller saves it once its data checks pass).
 
   The workdir's saved one wins (a resumed run keeps its ids), then `fallback` (the init_from
-  run's or checkpoint's: its params were trained with those ids), then the file `choice` names,
-  then `build(kind)` on the train text, kind = `choice` or the dataset's `own`. An explicit
+  run's or checkpoint's: its params were trained with those ids), then the file `choice` names
+  (a .model, a tokenizer.json, or a saved vocab.json of `own`'s or a general kind), then
+  `build(kind)` on the train text, kind = `choice` or the dataset's `own`. An explicit
   `choice` that disagrees with a saved or fallback tokenizer's kind is refused.
   """
   check_choice(choice, own, workdir)
   path = paths.join(workdir, FILE) if workdir else None
   saved = load_tokenizer(path, own) if path and paths.exists(path) else None
   for tok, where in ((saved, path), (fallback, 'config.init_from')):
-    if tok is not None and choice and tok.KIND != _kind_of(choice):
+    if tok is not None and choice and tok.KIND != (_kind_of(choice, own) or tok.KIND):
       raise ConfigError(f'{where} has a {tok.KIND!r} tokenizer but config.data.tokenizer='
                         f'{choice!r}; a run keeps the tokenizer its params were trained with '
                         '(use a new --workdir, or leave config.data.tokenizer empty).')
@@ -131,9 +140,9 @@ def get_tokenizer(choice: str, own: str, build: Callable[[str], Tokenizer], *,
   if fallback is not None:
     tok = fallback
   elif choice and choice not in TRAINED:
-    tok = FILE_KINDS[os.path.splitext(choice)[1]].from_file(choice)
+    tok = load_tokenizer(choice, own)
   else:
     tok = build(choice or own)
-  if path and process_index == 0:
+  if path and process_index == 0 and save:
     tok.save(path)
   return tok

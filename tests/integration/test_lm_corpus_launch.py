@@ -89,3 +89,16 @@ def test_truncated_shard_fails_fast_and_keeps_the_workdir(runs):
   assert len(errors) == 1 and 'train-00000.tokens is truncated or corrupt' in errors[0], log
   assert 'Traceback' not in log
   assert snapshot(base / 'plain') == before
+
+
+def test_the_old_tokenizer_key_is_refused(runs):
+  """data.corpus.tokenizer became data.tokenizer: the old key is one error line (exit 2), not
+  silently ignored (characters instead of the tokenizer asked for)."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  result = subprocess.run([sys.executable, 'launch.py', f'--config={CONFIG}',
+                           f'--workdir={runs["base"]}/old_key', *runs['args'],
+                           f'--config.data.corpus.tokenizer={runs["base"]}/plain/vocab.json'],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'config has no key "data.corpus.tokenizer"' in result.stderr
+  assert not os.path.exists(runs['base'] / 'old_key')
