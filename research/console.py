@@ -67,7 +67,8 @@ def show(message: str) -> None:
 
 # How an evaluation reads on the console: (key, label, format); other keys stay in the files.
 CONSOLE = (('loss', 'loss', '{:.4f}'), ('accuracy', 'acc', '{:.2%}'),
-           ('bits_per_char', 'bits/char', '{:.4f}'), ('bits_per_byte', 'bits/byte', '{:.4f}'),
+           ('bits_per_char', 'bits/char', '{:.4f}'), ('bits_per_token', 'bits/token', '{:.4f}'),
+           ('bits_per_byte', 'bits/byte', '{:.4f}'),
            ('perplexity', 'ppl', '{:.2f}'),
            ('macro_f1', 'macro F1', '{:.4f}'))
 

@@ -19,6 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 from research import build, checkpointing, console, data, metrics, parallel, paths, transfer
+from research.data.tokenizers import CharVocab
 from research.errors import NonFiniteError
 from research.runtime import Guards
 
@@ -54,8 +55,10 @@ def evaluate(p_eval: Callable, params: PyTree, dataset: data.Dataset,
   weight = float(totals['weight_sum'])
   out = {'loss': float(totals['loss_sum']) / weight,
          'accuracy': float(totals['correct_sum']) / weight, 'num_targets': weight}
-  if dataset.meta.task == 'lm':
-    out.update(bits_per_char=out['loss'] / np.log(2), perplexity=float(np.exp(out['loss'])))
+  if dataset.meta.task == 'lm':  # Loss per token in bits: per character only if tokens are.
+    per_char = getattr(dataset.tokenizer, 'KIND', None) == CharVocab.KIND
+    out['bits_per_char' if per_char else 'bits_per_token'] = out['loss'] / np.log(2)
+    out['perplexity'] = float(np.exp(out['loss']))
   if 'bytes_sum' in totals:  # Compares across tokenizers: nats summed / ln 2 / UTF-8 bytes.
     out['bits_per_byte'] = float(totals['loss_sum']) / np.log(2) / float(totals['bytes_sum'])
   if 'confusion' in totals:
