@@ -168,3 +168,20 @@ def test_a_bad_tokenizer_choice_fails_before_the_workdir_changes(tmp_path, key, 
   with pytest.raises(ConfigError, match=message):
     get_dataset(config, workdir=str(workdir))
   assert os.listdir(workdir) == [] and not (tmp_path / 'cache').exists()
+
+
+@pytest.mark.parametrize('key, value', [
+    ('data_dir', 'gs://bucket/data'),  # The default cache dir, <data_dir>/lm_corpus.
+    ('corpus.cache_dir', 'gs://bucket/cache'),
+    ('corpus.train_files', 'gs://bucket/text/*.txt')])
+def test_a_uri_for_the_corpus_files_is_one_error(tmp_path, monkeypatch, key, value):
+  """Corpus files and shards are read locally: a URI is refused up front (a gs:// data_dir made
+  a local folder named 'gs:' before), and nothing is written."""
+  monkeypatch.chdir(tmp_path)
+  config = corpus_config(tmp_path)
+  config.data.corpus.cache_dir = ''
+  section = config.data.corpus if key.startswith('corpus.') else config.data
+  section[key.split('.')[-1]] = value
+  with pytest.raises(ConfigError, match=f'config.data.corpus.[a-z_]+=.*{value[:10]}.* is a URI'):
+    get_dataset(config)
+  assert sorted(os.listdir(tmp_path)) == ['text.txt']

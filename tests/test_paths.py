@@ -15,9 +15,13 @@ import numpy as np
 import pytest
 from etils.epath import gpath, register
 
+from experiments import shakespeare_char
 from research import config_checks, metrics, paths, provenance, train
+from research.config import base_config
 from research.data import tfds_build, tokenizers
+from research.data.spec import Dataset, Meta
 from research.errors import ConfigError
+from research.tools import dryrun, sample
 
 tf = pytest.importorskip('tensorflow')
 
@@ -123,3 +127,23 @@ def test_a_data_dir_on_a_uri_caches_its_arrays_there(ram_scheme):
   paths.get(cache).write_bytes(open(tmp, 'rb').read())
   os.remove(tmp)
   np.testing.assert_array_equal(tfds_build.read_cache('toy', 'train', data_dir)['x'], arrays['x'])
+
+
+def test_dryrun_writes_and_sampling_reads_a_uri_workdir(ram_scheme, tmp_path, monkeypatch):
+  """--mode=dryrun writes dryrun.json under the URI; --mode=sample finds a URI's checkpoints (it
+  listed them with os.listdir, so a URI workdir had 'No checkpoint'), then needs the tokenizer."""
+  monkeypatch.chdir(tmp_path)
+  workdir = ram_scheme + '/run'
+  config = base_config()
+  config.batch_size, config.model.widths = 8, (16,)
+  batch = {'inputs': np.zeros((8, 28, 28, 1), np.float32), 'targets': np.zeros((8,), np.int32)}
+  fake = Dataset(train_batch=lambda step: batch, eval_batches=lambda: iter(()),
+                 num_eval_examples=0, meta=Meta(task='classification', num_classes=10))
+  monkeypatch.setattr(dryrun.data, 'get_dataset', lambda *args, **kwargs: fake)
+  report = dryrun.dryrun(config, workdir)
+  assert json.loads(paths.read_text(f'{workdir}/dryrun.json'))['num_params'] == report['num_params']
+  paths.makedirs(f'{workdir}/checkpoints/5')
+  with pytest.raises(ConfigError, match='vocab.json is missing'):
+    sample.sample_from_workdir(shakespeare_char.get_config('cpu'), workdir, prompt='a',
+                               num_tokens=4, temperature=1.0, top_k=0, seed=0)
+  assert os.listdir(tmp_path) == []

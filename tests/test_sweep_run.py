@@ -3,6 +3,7 @@ invalid sweep, skip/resume, failure isolation, one sweep per folder, interrupts 
 the progress line. Real training points end to end: tests/integration/test_sweep_launch.py."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,17 @@ def test_bad_sweep_runs_nothing(tmp_path):
   with pytest.raises(ConfigError, match='Did you mean "optimizer.learning_rate"'):
     sweep_run.run_sweep('x.py', small_mlp_config(), str(tmp_path / 'sw'), sweep=bad, start=never)
   assert not (tmp_path / 'sw').exists()
+
+
+def test_a_uri_sweep_folder_is_refused_before_anything_runs(tmp_path, monkeypatch):
+  """Its lock and logs are local files: a URI was checked as a workdir, then opened locally."""
+  monkeypatch.chdir(tmp_path)
+  sweep = s.Sweep(s.sweep('seed', [0, 1]))
+  with pytest.raises(ConfigError, match="--workdir='foo://bucket/sw': a sweep's folder must be "
+                                        'local'):
+    sweep_run.run_sweep('x.py', small_mlp_config(), 'foo://bucket/sw', sweep=sweep,
+                        start=fake_start)
+  assert os.listdir(tmp_path) == []
 
 
 FAKE_POINT = textwrap.dedent('''

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
+from research import paths
 from research.config_checks import check_choice, check_positive
 from research.data import corpus, corpus_build, pipeline, spec, tfds_build, tokenizers
 from research.data.corpus import Split
@@ -61,14 +62,14 @@ def sources(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
           if c.eval_files else []}
 
 
-def cached_char_vocab(folder: str, paths: list[str]) -> CharVocab:
+def cached_char_vocab(folder: str, files: list[str]) -> CharVocab:
   """The characters of the train files, found once and kept in the cache dir."""
-  key = hashlib.sha256(json.dumps([corpus_build.source_record(p) for p in paths]).encode())
+  key = hashlib.sha256(json.dumps([corpus_build.source_record(p) for p in files]).encode())
   path = os.path.join(folder, f'charvocab-{key.hexdigest()[:16]}.json')
   if not os.path.exists(path):
     with tfds_build.build_lock(folder, os.path.basename(path)):
       if not os.path.exists(path):
-        corpus_build.char_vocab(paths).save(path)
+        corpus_build.char_vocab(files).save(path)
   return CharVocab.load(path)
 
 
@@ -172,6 +173,14 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | None = None) 
   if not config.data.corpus.train_files:
     raise ConfigError('config.data.corpus.train_files is empty: name the text files (a glob, '
                       'or several separated by commas).')
+  # Globbed and read with plain file calls, the shards by positional reads: local files only.
+  c = config.data.corpus
+  for key, value in (('train_files', c.train_files), ('eval_files', c.eval_files),
+                     ('cache_dir', cache_dir(config))):
+    if any(not paths.is_local(v.strip()) for v in value.split(',')):
+      raise ConfigError(f'config.data.corpus.{key}={value!r} is a URI; a corpus reads its files '
+                        'and token shards locally (copy them to a local disk; cache_dir defaults '
+                        'to <data.data_dir>/lm_corpus).')
 
 
 def open_dataset(config: ml_collections.ConfigDict,

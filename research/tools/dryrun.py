@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import build, config_checks, data, hf
+from research import build, config_checks, data, hf, paths
 
 PyTree = Any
 
@@ -109,7 +108,7 @@ def dryrun(config: ml_collections.ConfigDict, workdir: str | None = None) -> dic
   if jax.process_index() == 0:
     print(format_report(report), flush=True)
     if workdir:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, 'dryrun.json'), 'w') as f:
-        json.dump(report, f, indent=2, default=lambda x: np.asarray(x).tolist())
+      paths.makedirs(workdir)  # A local folder or a URI (research/paths.py).
+      paths.write_text(paths.join(workdir, 'dryrun.json'),
+                       json.dumps(report, indent=2, default=lambda x: np.asarray(x).tolist()))
   return report

@@ -9,7 +9,6 @@ the tokenizer and model meta come from the dataset's spec and the run's saved to
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from research import build, data, hf, models
+from research import build, checkpointing, data, hf, models, paths
 from research.errors import ConfigError
 from research.models.decode import check_sample_args, encode_prompt, make_sampler
 
@@ -28,9 +27,8 @@ def sample_from_workdir(config: ml_collections.ConfigDict, workdir: str, *, prom
   check_sample_args(num_tokens, temperature, top_k)
   config = hf.configure(config, verbose=False)  # init_from=hf:PATH: the model training built.
   spec = data.get_spec(config, workdir)
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-  if not steps:
+  ckpt_dir = paths.join(workdir, 'checkpoints')  # A local folder or a URI (research/paths.py).
+  if not checkpointing.complete_steps(ckpt_dir):
     raise ConfigError(f'No checkpoint in {ckpt_dir}: train first (--mode=train with this '
                       '--workdir), or point --workdir at a trained run.')
   tokenizer = spec.load_tokenizer(workdir)

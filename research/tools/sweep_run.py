@@ -30,7 +30,7 @@ import ml_collections
 from absl import logging
 from ml_collections import config_flags
 
-from research import console
+from research import console, paths
 from research.config_checks import check_workdir
 from research.errors import ConfigError
 from research.tools import slurm
@@ -188,6 +188,9 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
   it is used to check every point before anything runs. `start` starts one point's command
   (local executor); `slurm_flags` are the --slurm_* flags (slurm executor).
   """
+  if not paths.is_local(workdir):  # Its lock, logs and job scripts are local files (flock, Popen).
+    raise ConfigError(f'--workdir={workdir!r}: a sweep\'s folder must be local (its points\' '
+                      'workdirs are inside it).')
   if parallel < 1:
     raise ConfigError(f'--parallel must be >= 1, got {parallel}.')
   if executor not in ('local', 'slurm'):
