@@ -1,4 +1,5 @@
-"""A language model on a text corpus larger than RAM: tokenized once into shards (corpus.py).
+"""A language model on a text corpus larger than RAM: tokenized once into shards
+(corpus_build.py), read back a window at a time (corpus.py).
 
 config.data.name = 'lm_corpus'. config.data.corpus.train_files (globs) are tokenized once into
 `<cache_dir>/<key>/` and read a window at a time; the eval split is
