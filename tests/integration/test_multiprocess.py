@@ -132,7 +132,7 @@ def test_a_mesh_that_splits_the_batch_fewer_ways_than_processes_fails_before_com
   # The coordinator's process refuses with the error; the other refuses the same way, unless the
   # coordination service tears it down first because its peer has exited (a race on 2 cores).
   assert procs[0].returncode == 2, outs[0][-2000:]
-  for out in outs[:1] + [o for o in outs[1:] if 'error: ' in o]:
+  for out in outs[:1] + [o for o in outs[1:] if '\nerror: ' in '\n' + o]:  # Its own line.
     assert 'error: config.parallel data=1 x fsdp=1 splits the batch 1 way(s)' in out, out[-2000:]
     assert 'must be a multiple of the process count 2' in out
 
