@@ -161,8 +161,11 @@ def test_preempted_job_checkpoints_and_requeued_finishes_like_an_uninterrupted_r
   stopped = int(re.search(r'Stopped by SIGTERM after step (\d+)', text).group(1))
   assert stopped < 2000 and checkpoint_steps(str(workdir))[-1] == stopped
   subprocess.run(['scontrol', 'requeue', job], check=True, timeout=30)
-  # SLURM holds a requeued job for about 2 minutes (its begin time); the test skips the wait.
-  subprocess.run(['scontrol', 'update', f'jobid={job}', 'StartTime=now'], check=True, timeout=30)
+  # SLURM holds a requeued job for about 2 minutes (its begin time); the test shortens the wait to
+  # 5 s. Not to 0: a restart within the second the first run ended is refused by slurmd
+  # ("Job credential revoked": the old run's credential is revoked at 1 s resolution).
+  subprocess.run(['scontrol', 'update', f'jobid={job}', 'StartTime=now+5'], check=True,
+                 timeout=30)
   info = wait_job(job, lambda i: i.get('Restarts') == '1' and i.get('JobState') == 'COMPLETED')
   text = open(log).read()
   assert info['ExitCode'] == '0:0' and f'Resumed from step {stopped}' in text, text[-3000:]
