@@ -150,11 +150,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, data_position
 
 
 def check_for_errors(manager: ocp.CheckpointManager) -> None:
-  """Raises a finished async save's error now (cheap: never waits)."""
-  try:
-    manager.check_for_errors()
-  except Exception as e:
-    raise save_error(manager, e) from e
+  """Raises a finished async save's error now (cheap: never waits for a save in flight).
+
+  Asks the manager, once its save is over, not `manager.check_for_errors()`: that takes the
+  error away from Orbax's own finalize thread, which then deletes the older steps as if the
+  save had worked (keep=1 lost its only checkpoint that way).
+  """
+  if not manager.is_saving_in_progress():
+    wait(manager)  # Returns at once, or raises the failed save's error.
 
 
 def wait(manager: ocp.CheckpointManager) -> None:

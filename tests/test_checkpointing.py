@@ -156,3 +156,21 @@ def test_async_save_errors_are_raised_with_the_disk_full_message(tmp_path):
                                             r'step 1, is intact\. The disk is full'):
     checkpointing.wait(manager)
   assert checkpointing.complete_steps(str(manager.directory)) == [1]
+
+
+def test_polling_for_a_failed_async_save_never_deletes_the_older_step(tmp_path):
+  # The loop polls at every log step. Polling must leave the error to Orbax's finalize thread,
+  # which then skips deleting older steps (CI lost keep=1's only checkpoint when it did not).
+  config = ml_collections.ConfigDict(dict(CKPT, keep=1))
+  for attempt in range(3):
+    manager = checkpointing.make_manager(str(tmp_path / str(attempt)), config)
+    checkpointing.save(manager, 1, mesh_state(1), {'step': 1})
+    checkpointing.wait(manager)
+    faults.Fault('enospc_in_save', 2).before_save(2)
+    checkpointing.save(manager, 2, mesh_state(2), {'step': 2})  # Fails in the background.
+    with pytest.raises(CheckpointError, match='step 1, is intact. The disk is full'):
+      while True:
+        checkpointing.check_for_errors(manager)
+    checkpointing.wait(manager)  # What the loop's exit does; the error was raised once.
+    manager.close()
+    assert checkpointing.complete_steps(str(manager.directory)) == [1]
