@@ -9,6 +9,9 @@ model.max_len, an image against model.patch_size) stays with the model that buil
 from __future__ import annotations
 
 import difflib
+import os
+import socket
+import threading
 from collections.abc import Collection, Mapping
 
 import jax
@@ -191,7 +194,10 @@ def check_workdir(workdir: str) -> None:
   paths.check(workdir, '--workdir')
   try:
     paths.makedirs(workdir)
-    probe = paths.get(paths.join(workdir, '.write_probe'))
+    # One probe per process: the processes of a multi-process job share the workdir, and one
+    # unlinking another's probe made a healthy job fail as 'not writable' (seen in CI).
+    who = f'{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}'
+    probe = paths.get(paths.join(workdir, f'.write_probe.{who}'))
     probe.write_text('ok')
     probe.unlink()
   except OSError as e:

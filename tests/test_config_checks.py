@@ -1,12 +1,15 @@
 """research/config_checks.py: bad training and model settings are refused with one clear error
 before any compute (unknown keys named with the closest one, dtypes, head and length fits)."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from helpers import LM_VOCAB, tiny_lm_config
 
 from research import config as configs
 from research import models, optimizers
-from research.config_checks import check_train_config
+from research.config_checks import check_train_config, check_workdir
 from research.data.spec import Meta
 from research.errors import ConfigError
 from research.models import get_model
@@ -55,3 +58,15 @@ def test_bad_lm_model_config_fails_before_compute(model_options, message):
   with pytest.raises(ConfigError, match=message):
     models.get_model(config.model,
                      Meta(task='lm', vocab_size=LM_VOCAB, block_size=config.data.block_size))
+
+
+def test_workdir_checks_running_at_once_never_fail_each_other(tmp_path):
+  # The processes of a multi-process job check the same workdir together (one process once
+  # removed the other's probe file, and a healthy job failed as 'not writable').
+  def check(_):
+    for _ in range(100):
+      check_workdir(str(tmp_path))
+
+  with ThreadPoolExecutor(8) as pool:
+    list(pool.map(check, range(8)))
+  assert os.listdir(tmp_path) == []
