@@ -7,21 +7,11 @@ import importlib
 import json
 import os
 
-import jax
 import pytest
 from conftest import REPO
 from helpers import tiny_lm_config
 
-import experiments.shakespeare_char as shakespeare_char
 from research.tools import benchmark
-
-
-def test_peak_override_is_per_device():
-  config = shakespeare_char.get_config('tiny')
-  config.benchmark.peak_flops = 1e12
-  peak, source, per_cpu_second = benchmark.peak_flops(config)
-  assert peak == 1e12 * jax.device_count() and 'config.benchmark.peak_flops' in source
-  assert per_cpu_second is None
 
 
 def test_benchmark_reports_and_writes_json(data_dir, tmp_path, capsys):

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
@@ -61,6 +61,16 @@ def _write_json(path: str, payload: dict) -> None:
 def read_json(path: str) -> dict:
   """A saved tokenizer file (a vocab.json or a tokenizer.json) as JSON, local or a URI."""
   return json.loads(paths.read_text(path))
+
+
+def _parsed(tok: Tokenizer, parse: Callable[[], object], problem: str) -> Tokenizer:
+  """`tok` once `parse()` (its library reading the file) worked: a bad file fails before any
+  compute, as ConfigError('PROBLEM: the library's message')."""
+  try:
+    parse()
+  except Exception as e:  # noqa: BLE001 - the libraries raise their own types.
+    raise ConfigError(f'{problem}: {e}') from e
+  return tok
 
 
 def _pad_rows(rows: list, max_len: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -196,11 +206,8 @@ class HFTokenizer:
       raise ConfigError(f'{path} is missing: a Hugging Face checkpoint needs its tokenizer.json '
                         '(AutoTokenizer.from_pretrained(...).save_pretrained(DIR) writes it).')
     tok = cls(paths.read_text(path))
-    try:
-      tok._tok  # noqa: B018 - parse now, so a bad file fails before any compute.
-    except Exception as e:  # noqa: BLE001 - the library raises its own types.
-      raise ConfigError(f'{path} is not a tokenizer.json the tokenizers library reads: {e}') from e
-    return tok
+    return _parsed(tok, lambda: tok._tok, f'{path} is not a tokenizer.json the tokenizers library '
+                   'reads')
 
   @classmethod
   def from_json(cls, data: dict) -> HFTokenizer:
@@ -274,11 +281,7 @@ class SentencePiece:
     if not paths.exists(path):
       raise ConfigError(f'config.data.tokenizer={path!r}: no such SentencePiece model file.')
     tok = cls(paths.get(path).read_bytes())
-    try:
-      tok._sp  # noqa: B018 - parse now, so a bad file fails before any compute.
-    except Exception as e:  # noqa: BLE001 - the library raises its own types.
-      raise ConfigError(f'{path} is not a SentencePiece model: {e}') from e
-    return tok
+    return _parsed(tok, lambda: tok._sp, f'{path} is not a SentencePiece model')
 
   @classmethod
   def from_json(cls, data: dict) -> SentencePiece:

@@ -1,7 +1,8 @@
 """Tools beside the core: each reads a config or a workdir and uses the core, never the reverse.
 
   dryrun.py      --mode=dryrun: compile the step from shapes, per-device memory.
-  benchmark.py   --mode=benchmark: compile time, step time, FLOPs (flops.py), MFU, profile.
+  benchmark.py   --mode=benchmark: compile time, step time, FLOPs (flops.py), MFU against the
+                 peak (peak.py), profile (op_profile.py).
   sample.py      --mode=sample: text from a language model's checkpoint.
   export.py      --mode=export: params, StableHLO programs (export_programs.py), inference.py;
   export_hf.py   --mode=export --format=hf: a Hugging Face checkpoint folder (research/hf).
