@@ -46,7 +46,8 @@ flags.DEFINE_float('temperature', 0.8, '--mode=sample: softmax temperature; 0 = 
 flags.DEFINE_integer('top_k', 200, '--mode=sample: sample among the k likeliest; 0 = all.')
 flags.DEFINE_integer('seed', 0, '--mode=sample: sampling seed.')
 flags.DEFINE_bool('sweep', False, 'Short for --mode=sweep.')
-flags.DEFINE_integer('parallel', 1, 'Sweep points run at once, as local processes.')
+flags.DEFINE_integer('parallel', 1, 'Sweep points run at once, as local processes '
+                     '(--executor=local only).')
 flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'Sweep points as local processes, '
                   'or as SLURM batch jobs (sbatch; resources from the flags below and the '
                   "experiment's Sweep(slurm={...}); research/tools/slurm.py).")

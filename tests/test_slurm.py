@@ -55,6 +55,14 @@ def test_no_sbatch_is_one_error_and_nothing_written(tmp_path, monkeypatch):
   assert not (tmp_path / 'sw').exists()
 
 
+def test_parallel_with_slurm_is_refused_and_nothing_written(tmp_path):
+  sweep = s.Sweep([{'seed': 0}, {'seed': 1}])
+  with pytest.raises(ConfigError, match='--parallel=4 applies to --executor=local'):
+    sweep_run.run_sweep('x.py', small_mlp_config(), str(tmp_path / 'sw'), sweep=sweep,
+                        executor='slurm', parallel=4)
+  assert not (tmp_path / 'sw').exists()
+
+
 def test_sweep_carries_its_slurm_resources():
   spec = s.normalize({'points': [{'seed': 0}], 'slurm': {'time': '10'}})
   assert spec.slurm == {'time': '10'}

@@ -140,6 +140,16 @@ def active(job_ids: Sequence[str]) -> list[str]:
   return [j for j, s in known.items() if s in ACTIVE]
 
 
+def refuse_while_active(job_ids: Sequence[str]) -> None:
+  """ConfigError while any of an earlier submission's jobs is queued or running: submitting the
+  sweep again would train the same points twice at once."""
+  live = active(job_ids)
+  if live:
+    raise ConfigError(f'SLURM jobs {live} of an earlier submission of this sweep are still queued '
+                      f'or running (squeue -j {",".join(live)}); wait for them or scancel them, '
+                      'then run this again (finished points are kept).')
+
+
 def cancel(running: Sequence[str], queued: Sequence[str]) -> None:
   """Running jobs get SIGTERM on their steps only (once: a second SIGTERM would stop a run before
   its checkpoint), so each saves and exits; queued jobs are removed."""

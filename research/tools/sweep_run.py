@@ -195,6 +195,9 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(f'--parallel must be >= 1, got {parallel}.')
   if executor not in ('local', 'slurm'):
     raise ConfigError(f'--executor must be local or slurm, got {executor!r}.')
+  if executor == 'slurm' and parallel != 1:
+    raise ConfigError(f'--parallel={parallel} applies to --executor=local: with SLURM every point '
+                      'is submitted at once and the scheduler runs as many as its nodes allow.')
   sweep = sweep if sweep is not None else sweep_lib.load(config_arg)
   sweep_lib.validate(config, sweep.points)
   res = None
@@ -208,8 +211,9 @@ def run_sweep(config_arg: str, config: ml_collections.ConfigDict, workdir: str,
     shared['wandb.group'] = os.path.basename(os.path.abspath(workdir))  # One W&B group per sweep.
   lock = lock_workdir(workdir)
   try:
-    if res is not None:
-      refuse_while_jobs_run(workdir)
+    if res is not None:  # The first submitter may have died; its jobs live on.
+      before = (read_json(os.path.join(workdir, MANIFEST)) or {}).get('points', [])
+      slurm.refuse_while_active([e['job_id'] for e in before if e.get('job_id')])
     entries = plan(config, workdir, sweep)
     baseline = (sweep.baseline if sweep.baseline is not None
                 else sweep_lib.setting_of(sweep.points[0]))
@@ -295,17 +299,6 @@ def _run_queue(workdir: str, manifest: dict, start: Starter, poll_seconds: float
       entry['status'] = 'interrupted'
     write_manifest(workdir, manifest)
     raise
-
-
-def refuse_while_jobs_run(workdir: str) -> None:
-  """A second submission while the jobs of the first are queued or running would train the same
-  points twice at once (the first submitter may have died, its jobs live on)."""
-  before = (read_json(os.path.join(workdir, MANIFEST)) or {}).get('points', [])
-  live = slurm.active([e['job_id'] for e in before if e.get('job_id')])
-  if live:
-    raise ConfigError(f'SLURM jobs {live} of an earlier submission of this sweep are still queued '
-                      f'or running (squeue -j {",".join(live)}); wait for them or scancel them, '
-                      'then run this again (finished points are kept).')
 
 
 def _submit(workdir: str, manifest: dict, entry: dict, res: slurm.Resources) -> None:
