@@ -91,3 +91,11 @@ def test_interrupted_sweep_stops_its_jobs_and_marks_them(monkeypatch):
                       ended=lambda e, state: None, save=lambda: saved.append(1))
   assert calls == [(['1'], ['2'])]  # SIGTERM to the running job (it saves), the queued removed.
   assert [e['status'] for e in entries] == ['interrupted', 'interrupted'] and saved
+
+
+def test_a_second_submission_is_refused_while_the_first_ones_jobs_live(monkeypatch):
+  monkeypatch.setattr(slurm, 'states', lambda ids: {'45': 'RUNNING', '46': 'COMPLETED'})
+  with pytest.raises(ConfigError, match=r"SLURM jobs \['45'\] .* \(squeue -j 45\)"):
+    slurm.refuse_while_active(['45', '46'])
+  monkeypatch.setattr(slurm, 'states', lambda ids: {'45': 'FAILED', '46': 'COMPLETED'})
+  slurm.refuse_while_active(['45', '46'])  # All ended: the sweep may go on.
