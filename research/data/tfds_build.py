@@ -84,8 +84,8 @@ def build(name: str, data_dir: str | None, manual_dir: str | None,
           f'Dataset {name!r} is not built in {data_dir} and its manual dir {manual_dir!r} '
           f'{problem}. Tried: data_dir={data_dir}, manual_dir={manual_dir}. Fix: point '
           '--config.data.manual_dir at the folder with the source files '
-          '(see ../shared/data/README.md), or set it to "" to let TFDS download them '
-          '(needs internet).')
+          '(see ../shared/data/README.md), or set it to "" and --config.data.download=True to let '
+          'TFDS download them (needs internet).')
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   try:
     builder.download_and_prepare(download_config=download_config, file_format=file_format)
