@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import socket
+import textwrap
 import time
 
 import flax.linen as nn
@@ -222,3 +223,23 @@ def build_corpus(tmp_path, tokenizer=None, shard_tokens=20, eval_fraction=0.0, p
   folder = corpus_build.build(str(tmp_path / 'cache'), sources, tokenizer, separator,
                               eval_fraction, shard_tokens)
   return corpus.open_corpus(folder), tokenizer
+
+
+def sweep_experiment(width: int, sweep_import: str, get_sweep: str) -> str:
+  """An experiment file's text: MNIST `:smoke` for 8 steps (log, eval and checkpoint every 4) with
+  one hidden layer of `width`, `from research.tools.sweep import SWEEP_IMPORT` and the body of
+  its get_sweep()."""
+  return textwrap.dedent(f'''
+      from experiments.mnist_mlp import get_config as mnist_config
+      from research.tools.sweep import {sweep_import}
+
+      def get_config():
+        c = mnist_config('smoke')
+        c.num_train_steps, c.log_every_steps = 8, 4
+        c.eval_every_steps = c.checkpoint_every_steps = 4
+        c.optimizer.warmup_steps = 0
+        c.model.widths = ({width},)
+        return c
+
+      def get_sweep():
+  ''') + textwrap.indent(textwrap.dedent(get_sweep).strip(), '  ') + '\n'

@@ -22,12 +22,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 from conftest import REPO, require_slurm
-from helpers import assert_same_run, ensure_mnist, read_metrics, small_mlp_config
+from helpers import assert_same_run, ensure_mnist, read_metrics, small_mlp_config, sweep_experiment
 
 from research.errors import ConfigError
 from research.tools import sweep as s
@@ -208,23 +207,12 @@ def test_a_task_killed_outright_stops_the_other_and_a_resubmission_resumes(
   assert read_metrics(str(workdir))[-1]['step'] == 60
 
 
-SWEEP_EXPERIMENT = textwrap.dedent('''
-    from experiments.mnist_mlp import get_config as mnist_config
-    from research.tools.sweep import Sweep
-
-    def get_config():
-      c = mnist_config('smoke')
-      c.num_train_steps, c.log_every_steps = 8, 4
-      c.eval_every_steps = c.checkpoint_every_steps = 4
-      c.optimizer.warmup_steps = 0
-      c.model.widths = (16,)
-      return c
-
-    def get_sweep():  # The last point cannot find its data: it fails before training.
-      return Sweep([{'optimizer.learning_rate': 1e-3}, {'optimizer.learning_rate': 3e-3},
-                    {'optimizer.learning_rate': 1e-2, 'data.data_dir': 'EMPTY',
-                     'data.manual_dir': 'EMPTY'}], slurm={'time': '5', 'ntasks': 1})
-''')
+# The last point cannot find its data: it fails before training.
+SWEEP_EXPERIMENT = sweep_experiment(16, 'Sweep', """
+    return Sweep([{'optimizer.learning_rate': 1e-3}, {'optimizer.learning_rate': 3e-3},
+                  {'optimizer.learning_rate': 1e-2, 'data.data_dir': 'EMPTY',
+                   'data.manual_dir': 'EMPTY'}], slurm={'time': '5', 'ntasks': 1})
+""")
 
 
 def sweep_launch(exp, workdir, data_dir, *extra) -> list[str]:

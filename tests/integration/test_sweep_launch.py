@@ -3,30 +3,19 @@ isolated, then the report on the sweep folder."""
 
 import json
 import re
-import textwrap
 
 from conftest import run_launch
+from helpers import sweep_experiment
 
 from research.tools.report import write_report
 
 
 def test_sweep_end_to_end_with_a_failing_point(tmp_path, data_dir):
   exp = tmp_path / 'exp.py'
-  exp.write_text(textwrap.dedent('''
-      from experiments.mnist_mlp import get_config as mnist_config
-      from research.tools.sweep import product, sweep
-
-      def get_config():
-        c = mnist_config('smoke')
-        c.num_train_steps, c.log_every_steps = 8, 4
-        c.eval_every_steps = c.checkpoint_every_steps = 4
-        c.optimizer.warmup_steps = 0
-        c.model.widths = (32,)
-        return c
-
-      def get_sweep():  # The failing point comes first: the other must still run.
-        return product(sweep('optimizer.learning_rate', [1e30, 1e-3]), sweep('seed', [0]))
-  '''))
+  # The failing point comes first: the other must still run.
+  exp.write_text(sweep_experiment(32, 'product, sweep', """
+      return product(sweep('optimizer.learning_rate', [1e30, 1e-3]), sweep('seed', [0]))
+  """))
   workdir = tmp_path / 'sw'
   args = [f'--config={exp}', f'--workdir={workdir}', f'--config.data.data_dir={data_dir}']
   result = run_launch([*args, '--sweep'])
